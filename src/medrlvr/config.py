@@ -1,0 +1,245 @@
+"""Training configuration: one dataclass, every field documented with its default and origin.
+
+A config is built from a preset name (``tiny``, ``cpu-demo``, ``paper-3b``: YAML files shipped in
+``medrlvr/presets``) or a YAML file, then ``key=value`` overrides. Unknown keys and values that make
+no sense are refused with an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGOS = ("ppo", "grpo", "dr_grpo", "rloo")
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl", "abs")
+
+
+@dataclass
+class TrainConfig:
+    # --- model --------------------------------------------------------------------------------
+    model: str = "tiny"
+    """``tiny`` (random, tests), ``smollm2-135m`` (embedded default), a local HF dir or a Hub id."""
+    dtype: str = "fp32"
+    """Dtype of the trained weights (fp32 or bf16). fp32 master weights are the safe default."""
+    autocast_bf16: bool = False
+    """Run training forward/backward under CPU/CUDA bf16 autocast (faster on AVX-512-BF16 CPUs)."""
+    lora: bool = False
+    """Train a LoRA adapter (peft) instead of all weights; the reference is the adapter disabled."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    critic: str = "separate"
+    """PPO critic: ``separate`` (a copy of the policy trunk + scalar head, OpenRLHF style) or ``shared``."""
+    seed: int = 0
+
+    # --- data ---------------------------------------------------------------------------------
+    train_data: str = "starter:train"
+    """A benchmark name (``medqa:dev``), a file (generic loader with ``columns``) or ``hub:ID``."""
+    eval_data: str = "starter:test"
+    data_root: str | None = None
+    columns: str | None = None
+    """Column map for a generic train/eval file (see :mod:`medrlvr.data.loaders`)."""
+    eval_limit: int = 64
+    """Evaluate on the first N eval questions (0 = all)."""
+    shuffle_options: bool = True
+    """Shuffle each training question's options with a per-epoch seed (against position-bias hacking)."""
+
+    # --- prompt and reward -----------------------------------------------------------------------
+    template: str = "r1-zero"
+    prefill_think: bool = True
+    """End the prompt with ``<think>`` (the reward sees ``<think>`` + completion)."""
+    reward_scheme: str = "paper"
+    """``paper``: -1 bad format, 0 wrong, +1 right (Med-RLVR). Also ``strict``, ``composite``."""
+
+    # --- rollout ------------------------------------------------------------------------------
+    engine: str = "hf"
+    """Rollout engine: ``hf`` (transformers generate, the reference) or ``fast``."""
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ("</answer>",)
+
+    # --- algorithm ----------------------------------------------------------------------------
+    algo: str = "grpo"
+    """``ppo`` (critic + GAE, the paper), ``grpo`` (Shao et al. 2024), ``dr_grpo`` (Liu et al. 2025), ``rloo``."""
+    ppo_epochs: int = 1
+    mini_batch_size: int = 0
+    """Samples per optimizer step inside a PPO epoch (0 = the whole rollout batch: one update per epoch)."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward (gradient accumulation up to the mini-batch)."""
+    lr: float = 1e-6
+    critic_lr: float = 5e-6
+    """TinyZero/OpenRLHF PPO defaults: actor 1e-6, critic 1e-5 (here 5e-6)."""
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    """``constant``, ``linear`` (to 0 at max_steps) or ``cosine``, after warm-up."""
+    max_grad_norm: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    """PPO clip range; clip_high > clip_low is DAPO's clip-higher."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); None disables."""
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 1.0
+    """GAE(gamma, lambda); 1.0/1.0 as in TinyZero's PPO defaults for outcome rewards."""
+    kl_coef: float = 0.001
+    """Beta of the KL penalty to the reference (TinyZero PPO default 0.001). 0 skips the reference forward."""
+    kl_mode: str = "reward"
+    """``reward``: -beta*KL folded into per-token rewards (PPO, the paper); ``loss``: KL term in the loss (GRPO)."""
+    kl_estimator: str = "k1"
+    loss_agg: str = "token-mean"
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = False
+    """Drop prompt groups whose rewards are all equal and refill from the data (DAPO)."""
+    max_refill_rounds: int = 2
+    grpo_eps: float = 1e-6
+
+    # --- loop ---------------------------------------------------------------------------------
+    max_steps: int = 10
+    eval_every: int = 0
+    """Evaluate every N steps (0 = only at the end)."""
+    eval_max_new_tokens: int = 0
+    """0 = same as max_new_tokens."""
+    save_every: int = 0
+    """Checkpoint every N steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    sample_every: int = 1
+    """Write every completion of every N-th step to samples.jsonl."""
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def rollout_batch(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+    def validate(self) -> "TrainConfig":
+        def bad(key, msg):
+            raise ValueError(f"config '{key}': {msg}")
+
+        if self.algo not in ALGOS:
+            bad("algo", f"{self.algo!r} is not one of {ALGOS}")
+        if self.loss_agg not in LOSS_AGGS:
+            bad("loss_agg", f"{self.loss_agg!r} is not one of {LOSS_AGGS}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            bad("kl_estimator", f"{self.kl_estimator!r} is not one of {KL_ESTIMATORS}")
+        if self.kl_mode not in ("reward", "loss"):
+            bad("kl_mode", "must be 'reward' or 'loss'")
+        if self.critic not in ("separate", "shared"):
+            bad("critic", "must be 'separate' or 'shared'")
+        if self.dtype not in ("fp32", "bf16"):
+            bad("dtype", "must be fp32 or bf16")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            bad("lr_schedule", "must be constant, linear or cosine")
+        for k in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "micro_batch_size",
+                  "max_steps", "sample_every", "world_size"):
+            if getattr(self, k) < 1:
+                bad(k, f"must be >= 1, got {getattr(self, k)}")
+        for k in ("mini_batch_size", "eval_every", "save_every", "warmup_steps", "eval_limit", "kl_coef",
+                  "entropy_coef", "weight_decay"):
+            if getattr(self, k) < 0:
+                bad(k, f"must be >= 0, got {getattr(self, k)}")
+        if self.lr <= 0:
+            bad("lr", "must be > 0")
+        if self.algo in ("grpo", "dr_grpo", "rloo") and self.samples_per_prompt < 2:
+            bad("samples_per_prompt", f"{self.algo} compares samples of one prompt: needs >= 2")
+        mb = self.mini_batch_size or self.rollout_batch
+        if mb > self.rollout_batch:
+            bad("mini_batch_size", f"{mb} exceeds the rollout batch {self.rollout_batch}")
+        if self.rollout_batch % mb:
+            bad("mini_batch_size", f"{mb} does not divide the rollout batch {self.rollout_batch}")
+        if mb % self.micro_batch_size and self.micro_batch_size < mb:
+            bad("micro_batch_size", f"{self.micro_batch_size} does not divide the mini-batch {mb}")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            bad("clip_low", "clip_low must be in [0, 1) and clip_high >= 0")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            bad("dual_clip", "must be > 1 or null")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            bad("gamma", "gamma and lam must be in [0, 1]")
+        if self.temperature <= 0:
+            bad("temperature", "training samples need temperature > 0")
+        if not 0 <= self.rank < self.world_size:
+            bad("rank", f"must be in [0, world_size={self.world_size})")
+        if self.template not in ("r1-zero", "chat", "direct"):
+            bad("template", "must be r1-zero, chat or direct")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+PRESETS = ("tiny", "cpu-demo", "paper-3b")
+
+
+def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
+    if isinstance(value, str) and not (isinstance(default, str) or typ in ("str", "str | None")):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config '{key}': cannot parse {value!r}: {e}") from None
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ValueError(f"config '{key}': expected true/false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
+        if value is not None or "None" not in str(typ):
+            raise ValueError(f"config '{key}': expected a number, got {value!r}")
+    return value
+
+
+def build_config(source: str | dict | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """``source``: a preset name, a YAML path, a dict or None (defaults); ``overrides``: ``["k=v", ...]``."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if isinstance(source, dict):
+        data, origin = dict(source), "dict"
+    elif source:
+        if source in PRESETS:
+            text = resources.files("medrlvr.presets").joinpath(f"{source}.yaml").read_text(encoding="utf-8")
+            origin = f"preset {source}"
+        else:
+            p = Path(source)
+            if not p.exists():
+                raise FileNotFoundError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+            text, origin = p.read_text(encoding="utf-8"), str(p)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{origin}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{origin}: expected a mapping of config keys")
+    if isinstance(overrides, dict):
+        ov = dict(overrides)
+    else:
+        ov = {}
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not key=value")
+            k, v = item.split("=", 1)
+            ov[k.strip()] = v
+    known = {f.name: f for f in fields(TrainConfig)}
+    defaults = TrainConfig()
+    values: dict[str, Any] = {}
+    for src_name, src in ((origin, data), ("override", ov)):
+        for k, v in src.items():
+            if k not in known:
+                raise ValueError(f"{src_name}: unknown config key {k!r}")
+            values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
+    return TrainConfig(**values).validate()
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

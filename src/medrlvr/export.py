@@ -1,0 +1,56 @@
+"""Export a question set in the layouts of other RL frameworks, so that our prompts and reward can be
+used where users already run verl, TRL or OpenRLHF.
+
+``verl``: parquet rows ``{data_source, prompt: [{"role": "user", "content": ...}], ability: "medical_mcqa",
+reward_model: {style: "rule", ground_truth: gold}, extra_info: {id, split, index, n_options, options,
+raw_prompt}}``; score them with ``medrlvr.reward.verl_compute_score`` (verl's ``custom_reward_function``).
+``trl``: JSONL rows ``{prompt, gold, n_options, options, id}`` for ``GRPOTrainer`` with
+``medrlvr.reward.make_trl_reward_func()`` (extra columns reach reward functions as keyword arguments).
+``openrlhf``: JSONL rows ``{input, label, id, n_options}`` (``--input_key input --label_key label``).
+
+The prompt is the R1-Zero text (``template``) with ``<think>`` pre-fill unless disabled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data import MCQ
+from .prompts import render, user_content
+
+FORMATS = ("verl", "trl", "openrlhf")
+
+
+def export(records: list[MCQ], fmt: str, out: str | Path, template: str = "r1-zero", prefill_think: bool = True,
+           data_source: str | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "verl":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = []
+        for i, r in enumerate(records):
+            rows.append({
+                "data_source": data_source or r.source,
+                "prompt": [{"role": "user", "content": render(r, template, prefill_think=prefill_think)
+                            if template != "chat" else user_content(r)}],
+                "ability": "medical_mcqa",
+                "reward_model": {"style": "rule", "ground_truth": r.gold},
+                "extra_info": {"id": r.id, "split": r.split, "index": i, "n_options": r.n_options,
+                               "options": json.dumps(r.options), "prefill_think": prefill_think},
+            })
+        pq.write_table(pa.Table.from_pylist(rows), out)
+    elif fmt in ("trl", "openrlhf"):
+        with open(out, "w", encoding="utf-8") as f:
+            for r in records:
+                p = render(r, template, prefill_think=prefill_think) if template != "chat" else user_content(r)
+                if fmt == "trl":
+                    row = {"prompt": p, "gold": r.gold, "n_options": r.n_options, "options": r.options, "id": r.id}
+                else:
+                    row = {"input": p, "label": r.gold, "id": r.id, "n_options": r.n_options}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    return out

@@ -1,0 +1,566 @@
+"""The RL loop: rollouts -> verifiable rewards -> advantages -> PPO-style updates.
+
+One step:
+1. take ``prompts_per_step`` questions from this rank's shard (a seeded permutation per epoch; the
+   cursor is part of the checkpoint), render them, sample ``samples_per_prompt`` completions each;
+2. score ``prefix + completion`` with :func:`medrlvr.reward.score` (the paper's gated reward by default);
+   with ``dynamic_sampling`` drop groups whose rewards are all equal and refill;
+3. recompute log-probs of the responses under the current policy (``old_logp``), the reference
+   (only when ``kl_coef > 0``) and, for PPO, the critic's values;
+4. advantages: PPO = GAE over per-token rewards ``-beta*KL`` with the outcome on the last token (the
+   paper); GRPO / Dr.GRPO / RLOO = group-relative outcome advantages (KL as a loss term if asked);
+5. ``ppo_epochs`` passes over shuffled mini-batches with gradient accumulation over micro-batches,
+   clipped surrogate (+ clipped value loss), gradient clipping, AdamW, LR schedule.
+   A step whose loss or gradients are not finite is skipped and logged, never checkpointed.
+
+Simplifications (stated, as in nanochat): one process (the data shard and rank-0 logging are in
+place for data parallelism, the all-reduce is not); rollouts use the live policy weights (no
+separate inference copy); old log-probs are recomputed with a training forward rather than taken
+from the sampler, so the ratio starts at exactly 1.
+
+Run directory: ``config.yaml``, ``seed``, ``metrics.jsonl`` (+ TensorBoard in ``tb/``),
+``samples.jsonl``, ``checkpoints/step_N`` (Hugging Face format + trainer state), ``final/`` (the
+trained policy in Hugging Face format).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import algos
+from .batching import pack, response_logprobs, response_values
+from .config import TrainConfig, save_config
+from .data import MCQ, load_any, shuffle_options
+from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
+from .prompts import render, response_prefix
+from .reward import score
+from .rollout import SamplingParams, make_engine
+
+
+# ----------------------------------------------------------------------------------------------- data
+class PromptStream:
+    """An endless, resumable stream over this rank's shard: epoch e visits the shard in the order of a
+    permutation seeded by (seed, e); options are re-shuffled per epoch when asked."""
+
+    def __init__(self, records: list[MCQ], seed: int, shuffle_opts: bool, rank: int = 0, world_size: int = 1):
+        self.records = records[rank::world_size]
+        if not self.records:
+            raise ValueError(f"rank {rank} of {world_size} has no training questions")
+        self.seed, self.shuffle_opts = seed, shuffle_opts
+        self.epoch, self.pos = 0, 0
+        self._order = self._perm()
+
+    def _perm(self) -> list[int]:
+        order = list(range(len(self.records)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[MCQ]:
+        out = []
+        for _ in range(k):
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._perm()
+            rec = self.records[self._order[self.pos]]
+            self.pos += 1
+            out.append(shuffle_options(rec, self.seed * 7919 + self.epoch) if self.shuffle_opts else rec)
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, st: dict) -> None:
+        self.epoch, self.pos = int(st["epoch"]), int(st["pos"])
+        self._order = self._perm()
+
+
+# -------------------------------------------------------------------------------------------- scoring
+@dataclass
+class Sample:
+    rec: MCQ
+    prompt: str
+    group: int
+    prompt_ids: list[int]
+    token_ids: list[int]
+    completion: str
+    response: str
+    finish_reason: str
+    reward: float
+    result: Any
+
+
+def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainConfig, group_offset: int = 0,
+                      reward_fn=None) -> list[Sample]:
+    """Score ``prefix + completion`` with the configured scheme, or with ``reward_fn(response, rec)``
+    (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given."""
+    prefix = response_prefix(cfg.template, cfg.prefill_think)
+    out = []
+    for gi, (rec, prompt, comps) in enumerate(zip(recs, prompts, groups)):
+        for c in comps:
+            resp = prefix + c.text
+            r = (reward_fn(resp, rec) if reward_fn is not None else
+                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options))
+            out.append(Sample(rec, prompt, group_offset + gi, c.prompt_ids, c.token_ids, c.text, resp,
+                              c.finish_reason, float(r.reward), r))
+    return out
+
+
+def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, batch: int = 32,
+                    details: bool = False) -> dict[str, float]:
+    """Greedy decoding on held-out questions: accuracy, format-valid rate, mean response length
+    (and, with ``details``, the per-question ``correct`` / ``format_ok`` lists)."""
+    params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, temperature=0.0,
+                            stop=tuple(cfg.stop))
+    prompts = [render(r, cfg.template, tokenizer, cfg.prefill_think) for r in records]
+    groups = []
+    for s in range(0, len(prompts), batch):
+        groups.extend(engine.generate(prompts[s:s + batch], 1, params))
+    samples = score_completions(records, prompts, groups, cfg)
+    n = max(1, len(samples))
+    out = {"eval_accuracy": sum(s.result.correct for s in samples) / n,
+           "eval_format_valid": sum(s.result.format_ok for s in samples) / n,
+           "eval_response_chars": sum(len(s.completion) for s in samples) / n,
+           "eval_n": len(samples)}
+    if details:
+        out["correct"] = [float(s.result.correct) for s in samples]
+        out["format_ok"] = [float(s.result.format_ok) for s in samples]
+        out["samples"] = samples
+    return out
+
+
+# --------------------------------------------------------------------------------------------- trainer
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        frac = min(1.0, (step - cfg.warmup_steps) / span)
+        return 1.0 - frac if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return f
+
+
+def _atomic_write_dir(final: Path, write) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, model=None, tokenizer=None,
+                 quiet: bool = False, reward_fn=None):
+        self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
+        self.is_main = cfg.rank == 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        if model is None:
+            model, tokenizer = load_policy(cfg.model, cfg.dtype, seed=cfg.seed)
+        self.tok = tokenizer
+        if cfg.lora and not is_lora(model):
+            model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+        self.policy = model
+        self.policy.train()
+        self.ref = make_reference(model) if cfg.kl_coef > 0 else None
+        self.critic = make_critic(model, cfg.critic) if cfg.algo == "ppo" else None
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": cfg.lr}]
+        if self.critic is not None:
+            own = {id(p) for p in params}
+            cparams = [p for p in self.critic.parameters() if p.requires_grad and id(p) not in own]
+            groups.append({"params": cparams, "lr": cfg.critic_lr})
+        self.opt = torch.optim.AdamW(groups, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        train = load_any(cfg.train_data, cfg.data_root, cfg.columns, split=None)
+        ev = load_any(cfg.eval_data, cfg.data_root, cfg.columns, split=None)
+        self.eval_records = ev.records[: cfg.eval_limit] if cfg.eval_limit else ev.records
+        self.stream = PromptStream(train.records, cfg.seed, cfg.shuffle_options, cfg.rank, cfg.world_size)
+        self.engine = make_engine(cfg.engine, self.policy, self.tok)
+        self.step = 0
+        self.skipped_steps = 0
+        if resume:
+            self._resume()
+        elif self.is_main:
+            for f in ("metrics.jsonl", "samples.jsonl"):
+                (self.out / f).unlink(missing_ok=True)
+        if self.is_main:
+            save_config(cfg, self.out / "config.yaml")
+            (self.out / "seed").write_text(f"{cfg.seed}\n")
+        self._tb = None
+
+    # ------------------------------------------------------------------------------------ logging
+    def _tb_writer(self):
+        if self._tb is None and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except Exception:  # tensorboard missing: JSONL stays the source of truth
+                self._tb = False
+        return self._tb or None
+
+    def _log(self, rec: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        tb = self._tb_writer()
+        if tb:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    tb.add_scalar(k, v, rec["step"])
+            tb.flush()
+
+    def _write_samples(self, samples: list[Sample]) -> None:
+        if not self.is_main or self.step % self.cfg.sample_every:
+            return
+        with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
+            for s in samples:
+                r = s.result
+                f.write(json.dumps({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
+                                    "completion": s.completion, "response": s.response, "reward": s.reward,
+                                    "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold,
+                                    "correct": r.correct, "flags": list(r.flags), "finish_reason": s.finish_reason,
+                                    "n_options": s.rec.n_options, "options": s.rec.options}) + "\n")
+
+    # ------------------------------------------------------------------------------------ rollout
+    def _rollout(self) -> tuple[list[Sample], dict]:
+        cfg = self.cfg
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                stop=tuple(cfg.stop), seed=cfg.seed * 1_000_003 + self.step)
+        samples: list[Sample] = []
+        n_groups = 0
+        dropped = 0
+        rounds = 0
+        while True:
+            need = cfg.prompts_per_step - (len(samples) // cfg.samples_per_prompt)
+            recs = self.stream.take(need)
+            prompts = [render(r, cfg.template, self.tok, cfg.prefill_think) for r in recs]
+            groups = self.engine.generate(prompts, cfg.samples_per_prompt, params)
+            new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups, reward_fn=self.reward_fn)
+            n_groups += len(recs)
+            if cfg.dynamic_sampling and rounds < cfg.max_refill_rounds:
+                keep = {s.group for s in new} - {g for g in {s.group for s in new}
+                                                 if len({x.reward for x in new if x.group == g}) == 1}
+                dropped += len({s.group for s in new}) - len(keep)
+                new = [s for s in new if s.group in keep]
+            samples.extend(new)
+            rounds += 1
+            params = SamplingParams(**{**params.__dict__, "seed": params.seed + 7919})
+            if not cfg.dynamic_sampling or len(samples) >= cfg.rollout_batch or rounds > cfg.max_refill_rounds:
+                break
+        samples = samples[: cfg.rollout_batch]
+        return samples, {"dropped_groups": dropped, "refill_rounds": rounds - 1}
+
+    # ------------------------------------------------------------------------------------- update
+    def _autocast(self):
+        if self.cfg.autocast_bf16:
+            dev = next(self.policy.parameters()).device.type
+            return torch.autocast(device_type=dev, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _single_update(self) -> bool:
+        """One optimizer step on the whole batch: the sampling policy is the current one, so old
+        log-probs are the training forward's own (detached) values and their forward is skipped."""
+        return self.cfg.ppo_epochs == 1 and (self.cfg.mini_batch_size or self.cfg.rollout_batch) >= self.cfg.rollout_batch
+
+    @torch.no_grad()
+    def _score_batch(self, samples: list[Sample]):
+        """Old log-probs (unless :meth:`_single_update`), reference log-probs (when ``kl_coef > 0``) and
+        critic values (PPO), each (N, T) over response tokens, plus the response mask."""
+        cfg = self.cfg
+        mb = cfg.micro_batch_size
+        T = max(1, max(len(x.token_ids) for x in samples))
+        mask = torch.zeros(len(samples), T)
+        for i, x in enumerate(samples):
+            mask[i, :len(x.token_ids)] = 1.0
+        need_old = not self._single_update() or cfg.kl_coef > 0  # KL needs the sampling policy's log-probs
+        old, ref, vals = [], [], []
+        self.policy.eval()
+        for s in range(0, len(samples), mb):
+            chunk = samples[s:s + mb]
+            if not (need_old or cfg.kl_coef > 0 or self.critic is not None):
+                break
+            b = pack([x.prompt_ids for x in chunk], [x.token_ids for x in chunk], self.tok.pad_token_id)
+            with self._autocast():
+                if need_old:
+                    old.append(response_logprobs(self.policy, b, cfg.temperature)[0].float())
+                if cfg.kl_coef > 0:
+                    if self.ref is not None:
+                        ref.append(response_logprobs(self.ref, b, cfg.temperature)[0].float())
+                    else:
+                        with reference_mode(self.policy):
+                            ref.append(response_logprobs(self.policy, b, cfg.temperature)[0].float())
+                if self.critic is not None:
+                    vals.append(response_values(self.critic, b).float())
+        self.policy.train()
+
+        def cat(ts):
+            return torch.cat([torch.nn.functional.pad(t, (0, T - t.shape[1])) for t in ts], 0) if ts else None
+
+        return cat(old), cat(ref), cat(vals), mask
+
+    def _advantages(self, samples, old_lp, ref_lp, values, mask):
+        cfg = self.cfg
+        scores = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        gids = torch.tensor([s.group for s in samples])
+        metrics = {}
+        kl_tok = None
+        if ref_lp is not None:
+            kl_tok = algos.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) * mask
+            metrics["kl"] = float(algos.masked_mean(kl_tok, mask))
+        if cfg.algo == "ppo":
+            if kl_tok is not None and cfg.kl_mode == "reward":
+                rewards, _ = algos.token_rewards_with_kl(scores, old_lp, ref_lp, mask, cfg.kl_coef, cfg.kl_estimator)
+            else:
+                rewards, _ = algos.token_rewards_with_kl(scores, mask, mask, mask, 0.0)
+            adv, ret = algos.gae_advantages(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        else:
+            kw = {"eps": cfg.grpo_eps} if cfg.algo == "grpo" else {}
+            adv = algos.compute_advantages(cfg.algo, scores=scores, group_ids=gids, mask=mask, **kw)
+            ret = None
+        metrics["zero_var_frac"] = algos.zero_variance_fraction(scores, gids)
+        return adv, ret, metrics
+
+    def _update(self, samples, old_lp, ref_lp, values, mask, adv, ret) -> dict:
+        cfg = self.cfg
+        N = len(samples)
+        mb = cfg.mini_batch_size or N
+        micro = min(cfg.micro_batch_size, mb)
+        agg_max_len = cfg.max_new_tokens
+        stats: dict[str, list[float]] = {}
+        skipped = 0
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gen = torch.Generator().manual_seed(cfg.seed * 31 + self.step)
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(N, generator=gen).tolist()
+            for s in range(0, N, mb):
+                idx = perm[s:s + mb]
+                self.opt.zero_grad(set_to_none=True)
+                finite = True
+                for m in range(0, len(idx), micro):
+                    sub = idx[m:m + micro]
+                    b = pack([samples[i].prompt_ids for i in sub], [samples[i].token_ids for i in sub],
+                             self.tok.pad_token_id)
+                    T = b.response_mask.shape[1]
+                    sl = torch.tensor(sub)
+                    with self._autocast():
+                        lp, ent = response_logprobs(self.policy, b, cfg.temperature, with_entropy=True,
+                                                    entropy_grad=cfg.entropy_coef != 0)
+                        lp = lp.float()
+                        vpred = response_values(self.critic, b).float() if self.critic is not None else None
+                    mk = mask[sl, :T]
+                    old = old_lp[sl, :T] if old_lp is not None else lp.detach()
+                    ploss, pm = algos.policy_loss(lp, old, adv[sl, :T], mk, clip_low=cfg.clip_low,
+                                                  clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                                                  max_len=agg_max_len)
+                    loss = ploss
+                    if ref_lp is not None and cfg.kl_mode == "loss" and cfg.kl_coef > 0:
+                        kl = algos.kl_loss(lp, ref_lp[sl, :T], mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
+                        loss = loss + cfg.kl_coef * kl
+                    if cfg.entropy_coef:
+                        loss = loss - cfg.entropy_coef * algos.masked_mean(ent, mk)
+                    if vpred is not None:
+                        vloss, vm = algos.value_loss(vpred, values[sl, :T], ret[sl, :T], mk, clip=cfg.value_clip,
+                                                     agg=cfg.loss_agg)
+                        loss = loss + cfg.vf_coef * vloss
+                        stats.setdefault("value_loss", []).append(float(vloss.detach()))
+                        stats.setdefault("vf_clip_frac", []).append(float(vm["vf_clip_frac"]))
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    (loss * len(sub) / len(idx)).backward()
+                    stats.setdefault("policy_loss", []).append(float(ploss.detach()))
+                    stats.setdefault("clip_frac", []).append(float(pm["clip_frac"]))
+                    stats.setdefault("approx_kl_old", []).append(float(pm["approx_kl"]))
+                    stats.setdefault("entropy", []).append(float(algos.masked_mean(ent, mk)))
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if finite else torch.tensor(float("nan"))
+                if not finite or not torch.isfinite(gnorm):
+                    self.opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                self.opt.step()
+                stats.setdefault("grad_norm", []).append(float(gnorm))
+        self.sched.step()
+        out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out["skipped_updates"] = skipped
+        return out
+
+    # ---------------------------------------------------------------------------------------- step
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        samples, rinfo = self._rollout()
+        t1 = time.perf_counter()
+        old_lp, ref_lp, values, mask = self._score_batch(samples)
+        adv, ret, ametrics = self._advantages(samples, old_lp, ref_lp, values, mask)
+        umetrics = self._update(samples, old_lp, ref_lp, values, mask, adv, ret)
+        t2 = time.perf_counter()
+        ntok = sum(len(s.token_ids) for s in samples)
+        n = len(samples)
+        rec = {"step": self.step + 1,
+               "reward_mean": sum(s.reward for s in samples) / n,
+               "accuracy": sum(s.result.correct for s in samples) / n,
+               "format_valid": sum(s.result.format_ok for s in samples) / n,
+               "response_chars": sum(len(s.completion) for s in samples) / n,
+               "response_tokens": ntok / n,
+               "truncated_frac": sum(s.finish_reason == "length" for s in samples) / n,
+               **ametrics, **umetrics, **rinfo,
+               "rollout_s": t1 - t0, "update_s": t2 - t1, "tokens_per_s": ntok / max(t1 - t0, 1e-9),
+               "lr": self.sched.get_last_lr()[0]}
+        rec["skipped"] = umetrics.get("skipped_updates", 0) > 0
+        if rec["skipped"]:
+            self.skipped_steps += 1
+        self.step += 1
+        self._write_samples(samples)
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            rec.update(self.evaluate())
+        return rec
+
+    def evaluate(self, details: bool = False) -> dict:
+        return evaluate_policy(self.engine, self.eval_records, self.cfg, self.tok, details=details)
+
+    def train(self, max_steps: int | None = None) -> list[dict]:
+        cfg = self.cfg
+        end = min(max_steps or cfg.max_steps, cfg.max_steps)
+        history = []
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=end, initial=self.step, desc="train", disable=self.quiet or not self.is_main,
+                       dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            bar = None
+        while self.step < end:
+            rec = self.train_step()
+            if self.step == cfg.max_steps:
+                rec.update(self.evaluate())
+            self._log(rec)
+            history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", fmt=f"{rec['format_valid']:.2f}",
+                                acc=f"{rec['accuracy']:.2f}")
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.step == cfg.max_steps:
+            self.save_final()
+        if self._tb:
+            self._tb.close()
+        return history
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {"step": self.step, "skipped_steps": self.skipped_steps, "stream": self.stream.state(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main:
+            return None
+        final = self.out / "checkpoints" / f"step_{self.step}"
+
+        def write(d: Path):
+            self.policy.save_pretrained(d / "policy", safe_serialization=True)
+            self.tok.save_pretrained(d / "policy")
+            if self.critic is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()}, str(d / "critic.safetensors"))
+            torch.save(self._state(), d / "trainer_state.pt")
+            (d / "step").write_text(str(self.step))
+
+        _atomic_write_dir(final, write)
+        (self.out / "checkpoints" / "latest").write_text(final.name)
+        ckpts = sorted((p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")),
+                       key=lambda p: int(p.name.split("_")[1]))
+        for old in ckpts[:-self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints else []:
+            shutil.rmtree(old)
+        return final
+
+    def save_final(self) -> Path:
+        final = self.out / "final"
+        if is_lora(self.policy):  # a merged copy: the trainer keeps its adapter
+            import copy
+
+            model = copy.deepcopy(self.policy).merge_and_unload()
+        else:
+            model = self.policy
+
+        def write(d: Path):
+            model.save_pretrained(d, safe_serialization=True)
+            self.tok.save_pretrained(d)
+
+        _atomic_write_dir(final, write)
+        return final
+
+    def _resume(self) -> None:
+        latest = self.out / "checkpoints" / "latest"
+        if not latest.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
+        d = self.out / "checkpoints" / latest.read_text().strip()
+        from safetensors.torch import load_file
+
+        pdir = d / "policy"
+        if is_lora(self.policy):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.policy, load_file(str(pdir / "adapter_model.safetensors")))
+        else:
+            sd = load_file(str(pdir / "model.safetensors"))
+            missing, unexpected = self.policy.load_state_dict(sd, strict=False)
+            missing = [k for k in missing if "lm_head" not in k]  # tied embeddings are stored once
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {pdir} does not match the model: missing={missing[:5]} "
+                                   f"unexpected={unexpected[:5]}")
+        if self.critic is not None:
+            self.critic.load_state_dict(load_file(str(d / "critic.safetensors")))
+        st = torch.load(d / "trainer_state.pt", weights_only=True)  # tensors and plain containers only
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.stream.load_state(st["stream"])
+        self.step, self.skipped_steps = int(st["step"]), int(st.get("skipped_steps", 0))
+        torch.set_rng_state(st["rng"]["torch"])
+        py = st["rng"]["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        # metrics written after the checkpoint by the interrupted run are dropped, so the log matches
+        mpath = self.out / "metrics.jsonl"
+        for fname in ("metrics.jsonl", "samples.jsonl"):
+            p = self.out / fname
+            if p.exists():
+                keep = [ln for ln in p.read_text(encoding="utf-8").splitlines()
+                        if ln.strip() and _line_step(ln) is not None and _line_step(ln) <= self.step]
+                p.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        del mpath
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, max_steps: int | None = None,
+          quiet: bool = False) -> Trainer:
+    t = Trainer(cfg, output_dir, resume=resume, quiet=quiet)
+    t.train(max_steps)
+    return t
