@@ -517,3 +517,29 @@ def test_no_torch_import():
 def test_module_doctests():
     res = doctest.testmod(R, verbose=False)
     assert res.failed == 0 and res.attempted >= 1
+
+
+# --------------------------------------------------------------------- pre-filled <think> and stage 5
+from medrlvr.reward import join_prefill  # noqa: E402
+
+
+@pytest.mark.parametrize("completion,expected", [
+    (" reasoning </think> <answer>B</answer>", "<think> reasoning </think> <answer>B</answer>"),
+    ("<think>again</think><answer>B</answer>", "<think>again</think><answer>B</answer>"),
+    ("Step 1: x. Step 2: y. <think>short</think><answer>B</answer>",
+     "Step 1: x. Step 2: y. <think>short</think><answer>B</answer>"),
+    (" a </think> then <think> b", "<think> a </think> then <think> b"),
+    ("", "<think>"),
+])
+def test_join_prefill(completion, expected):
+    assert join_prefill(completion, "<think>") == expected
+    assert join_prefill(completion, "") == completion
+
+
+def test_step_by_step_exploit_is_rewarded_with_prefill():
+    """With the prompt pre-filled, reasoning written before the model's own <think> is scored as the
+    paper's lenient check scored it: valid format, flagged reasoning_before_think."""
+    comp = "Step 1: the patient has fever. Step 2: rash suggests measles. <think>ok</think><answer>B</answer>"
+    r = score(join_prefill(comp), "B", 4)
+    assert r.reward == 1.0 and r.format_ok and "reasoning_before_think" in r.flags
+    assert score("<think>" + comp, "B", 4).reward == -1.0  # naive concatenation would call it a format failure

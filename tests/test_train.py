@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from medrlvr import algos
 from medrlvr.config import build_config
-from medrlvr.reward import RewardResult, parse, score
+from medrlvr.reward import RewardResult, join_prefill, parse, score
 from medrlvr.train import Trainer
 
 TIMING = {"rollout_s", "update_s", "tokens_per_s"}
@@ -66,7 +66,7 @@ def test_tiny_end_to_end(tmp_path, algo, extra):
     assert len(samples) == 2 * cfg.rollout_batch
     for s in samples:
         r = score(s["response"], s["gold"], s["n_options"], options=s["options"])
-        assert s["response"] == "<think>" + s["completion"]
+        assert s["response"] == join_prefill(s["completion"])
         assert s["reward"] == pytest.approx(r.reward + 0.5 * max(0.0, 1.0 - len(s["response"]) / 200.0))
         assert r.format_ok == s["format_ok"] and r.pred == s["pred"]
     metrics = _read(tmp_path / "metrics.jsonl")

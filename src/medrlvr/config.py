@@ -188,6 +188,11 @@ def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ValueError(f"config '{key}': cannot parse {value!r}: {e}") from None
+    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:  # YAML 1.1 reads "3e-5" as a string
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
     if isinstance(default, bool) and not isinstance(value, bool):

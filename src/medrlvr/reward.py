@@ -737,11 +737,27 @@ def _completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _with_prefill(text: str, prefill: str | None) -> str:
+def join_prefill(completion: str, prefill: str | None = THINK_OPEN) -> str:
+    """The full response to score when the prompt ended with ``prefill`` (``"<think>"``).
+
+    Normally ``prefill + completion``. But when the completion opens its own ``<think>`` before any
+    ``</think>``, the model has written text *outside* the pre-filled block and then started its
+    reasoning again: the completion alone is the response, so that text counts as text before
+    ``<think>``. This is how the paper's step-by-step exploit (reasoning placed before ``<think>``)
+    shows up with a pre-filled prompt, and how the paper's lenient format check saw it: rewardable,
+    and flagged ``reasoning_before_think``.
+    """
     marker = (prefill or "").strip()
-    if marker and not text.lstrip().startswith(marker):
-        return prefill + text  # type: ignore[operator]
-    return text
+    if not marker:
+        return completion
+    if completion.lstrip().startswith(marker):
+        return completion
+    if marker == THINK_OPEN:
+        i, j = completion.find(THINK_OPEN), completion.find(THINK_CLOSE)
+        if i >= 0 and (j < 0 or i < j):
+            return completion
+    return prefill + completion  # type: ignore[operator]
+
 
 
 def _per_item(value: Any, n: int, name: str) -> list[Any]:
@@ -792,7 +808,7 @@ def make_trl_reward_func(
         ns = _per_item(n_options, n, "n_options")
         opts = _per_item(options, n, "options")
         return [
-            score(_with_prefill(_completion_text(c), prefill), g, k, scheme=scheme, options=o, config=cfg).reward
+            score(join_prefill(_completion_text(c), prefill), g, k, scheme=scheme, options=o, config=cfg).reward
             for c, g, k, o in zip(comps, golds, ns, opts)
         ]
 
@@ -863,7 +879,7 @@ def verl_compute_score(
     scheme = info.get("scheme") or "paper"
     text = solution_str if isinstance(solution_str, str) else _completion_text(solution_str)
     if info.get("prefill_think", True):
-        text = _with_prefill(text, THINK_OPEN)
+        text = join_prefill(text, THINK_OPEN)
     res = score(text, gold, n, scheme=scheme, options=options)
     out: dict[str, Any] = {
         "score": res.reward,

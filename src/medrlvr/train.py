@@ -44,7 +44,7 @@ from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
-from .reward import score
+from .reward import join_prefill, score
 from .rollout import SamplingParams, make_engine
 
 
@@ -108,7 +108,7 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
     out = []
     for gi, (rec, prompt, comps) in enumerate(zip(recs, prompts, groups)):
         for c in comps:
-            resp = prefix + c.text
+            resp = join_prefill(c.text, prefix)
             r = (reward_fn(resp, rec) if reward_fn is not None else
                  score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options))
             out.append(Sample(rec, prompt, group_offset + gi, c.prompt_ids, c.token_ids, c.text, resp,

@@ -1,0 +1,115 @@
+"""Our GRPO step vs TRL's GRPOTrainer, side by side in one run, on SmolLM2-135M.
+
+Same setting for both: 2 prompts x 4 generations per step (starter train questions, R1-Zero prompt
+pre-filled with <think>), at most 128 new tokens, temperature 1.0, no stop string (both stop at EOS),
+beta 0 (no reference model), one optimizer step per rollout, lr 1e-6, the paper's reward through
+`medrlvr.reward.make_trl_reward_func` for TRL. Seconds per step exclude the first (warm-up) step.
+
+    python bench/step_vs_trl.py [--steps 4] [--engine fast] [--dtype-mode bf16-autocast|fp32]
+
+Prints seconds per step for each, the reward per step for each, and last the line
+`ratio=<ours / TRL>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_ours(args, workdir) -> tuple[list[float], list[float]]:
+    from medrlvr.config import build_config
+    from medrlvr.train import Trainer
+
+    ov = {"model": "smollm2-135m", "algo": "grpo", "prompts_per_step": 2, "samples_per_prompt": 4,
+          "max_new_tokens": 128, "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": 1e-6,
+          "micro_batch_size": 8, "max_steps": args.steps, "eval_every": 0, "save_every": 0, "engine": args.engine,
+          "autocast_bf16": args.dtype_mode == "bf16-autocast", "train_data": "starter:train", "eval_limit": 1,
+          "shuffle_options": False, "loss_agg": "token-mean"}
+    cfg = build_config(None, ov)
+    t = Trainer(cfg, os.path.join(workdir, "ours"), quiet=True)
+    times, rewards = [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        rec = t.train_step()
+        times.append(time.perf_counter() - t0)
+        rewards.append(rec["reward_mean"])
+        print(f"  ours step {len(times)}: {times[-1]:.2f} s  reward {rec['reward_mean']:+.3f}  "
+              f"tokens {rec['response_tokens']:.0f}/sample", flush=True)
+    return times, rewards
+
+
+def run_trl(args, workdir) -> tuple[list[float], list[float]]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from medrlvr.data import load_starter
+    from medrlvr.models import load_policy
+    from medrlvr.prompts import render
+    from medrlvr.reward import make_trl_reward_func
+
+    model, tok = load_policy("smollm2-135m", "fp32")
+    recs = load_starter("train").records[: 2 * args.steps]
+    ds = Dataset.from_list([{"prompt": render(r, "r1-zero"), "gold": r.gold, "n_options": r.n_options,
+                             "options": r.options} for r in recs])
+    times, rewards = [], []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                rewards.append(float(logs["reward"]))
+                print(f"  TRL step {len(times)}: {times[-1]:.2f} s  reward {logs['reward']:+.3f}", flush=True)
+
+    conf = GRPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=128, temperature=1.0, beta=0.0, learning_rate=1e-6,
+                      max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+                      use_cpu=not torch.cuda.is_available(), bf16=args.dtype_mode == "bf16-autocast",
+                      shuffle_dataset=False, disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=make_trl_reward_func(), args=conf,
+                          train_dataset=ds, callbacks=[Timer()])
+    trainer.train()
+    return times, rewards
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--engine", default="fast", help="our rollout engine (fast or hf)")
+    p.add_argument("--dtype-mode", default="bf16-autocast", choices=["bf16-autocast", "fp32"],
+                   help="mixed precision for both: our bf16 autocast / TRL's bf16=True; or fp32 for both")
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (the first step is warm-up)")
+    import torch
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "
+          f"engine {args.engine}, {args.dtype_mode}", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        print("TRL GRPOTrainer:", flush=True)
+        trl_t, trl_r = run_trl(args, d)
+        print("medrlvr GRPO:", flush=True)
+        our_t, our_r = run_ours(args, d)
+    ours, theirs = statistics.mean(our_t[1:]), statistics.mean(trl_t[1:])
+    print(f"seconds/step (mean of steps 2..{args.steps}): medrlvr {ours:.2f}  TRL {theirs:.2f}")
+    print(f"reward per step: medrlvr {[round(x, 3) for x in our_r]}  TRL {[round(x, 3) for x in trl_r]}")
+    print(f"mean reward: medrlvr {statistics.mean(our_r):+.3f}  TRL {statistics.mean(trl_r):+.3f}")
+    print(f"ratio={ours / theirs:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

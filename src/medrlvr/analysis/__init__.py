@@ -1,0 +1,46 @@
+"""Analysis of training runs: stage classification of completions and HTML run reports.
+
+- :mod:`medrlvr.analysis.stages`: features of a completion, the six Med-RLVR training stages
+  (:func:`classify`), per-step stage distributions and reward-hacking rates.
+- :mod:`medrlvr.analysis.report`: :func:`build_report` writes a self-contained ``report.html``
+  for a run directory (imported lazily: it needs matplotlib).
+"""
+
+from medrlvr.analysis.stages import (
+    STAGE_DESCRIPTIONS,
+    STAGES,
+    StageConfig,
+    classify,
+    classify_sample,
+    classify_samples,
+    features,
+    hacking_rates,
+    sample_features,
+    sample_response,
+    segments,
+    stage_distribution,
+)
+
+__all__ = [
+    "STAGES",
+    "STAGE_DESCRIPTIONS",
+    "StageConfig",
+    "build_report",
+    "classify",
+    "classify_sample",
+    "classify_samples",
+    "features",
+    "hacking_rates",
+    "sample_features",
+    "sample_response",
+    "segments",
+    "stage_distribution",
+]
+
+
+def __getattr__(name: str):
+    if name == "build_report":
+        from medrlvr.analysis.report import build_report
+
+        return build_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
