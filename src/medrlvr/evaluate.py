@@ -1,0 +1,727 @@
+"""Benchmark evaluation: accuracy with bootstrap confidence intervals, for the paper's comparisons.
+
+Three modes (``mode=``):
+
+``cot``
+    The R1-Zero (or chat) prompt, generation through a rollout engine, and the reward parser of
+    :mod:`medrlvr.reward` on ``response_prefix + completion``. A sample is correct when it is well
+    formed and its letter is the gold one (the paper's gated accuracy); ``accuracy_lenient`` ignores
+    the format.
+``direct``
+    The direct prompt (question, options, ``Answer:``), a few generated tokens, and
+    :func:`medrlvr.reward.extract_letter` on them. The direct-answer baseline, and how a SFT model
+    is used.
+``loglik``
+    No generation: one forward pass per question over the direct prompt; the prediction is the
+    option letter whose token (``" A"``, ``" B"``, ...) has the highest next-token log-probability.
+    Questions are sorted by length and batched under a token budget; only the last prompt position
+    goes through the LM head (computed in float32 whatever the model's dtype).
+
+Per benchmark, :func:`evaluate` reports the accuracy with a 95% percentile bootstrap CI over
+questions, ``n``, the format-valid rate (``cot``), the answer rate (a letter could be read),
+pass@k / maj@k when ``n_samples > 1`` (unbiased estimators over the K samples), a per-subset
+breakdown where the data has one, the predicted- vs gold-letter distribution (position bias),
+the option-permutation consistency when ``n_shuffles > 0`` and a random-guess baseline.
+
+Resumable output directory
+--------------------------
+``<bench>.completions.jsonl`` gets one line per (question, option order) as soon as its batch is
+done; ``eval_config.json`` records the settings that change results, and a rerun with other settings
+into the same directory is refused (``resume=False`` starts afresh). A rerun skips what is saved. Work
+is cut into fixed batches over the whole (length-sorted) question list, with one seed per batch, so
+a batch that was only partly saved is recomputed whole and the result equals an uninterrupted run's.
+Metrics are always computed from the saved lines, in the order of the question list.
+``results.json`` holds one object per benchmark and ``"_meta"``; ``results.md`` is a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+from math import comb
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .data import BENCHMARKS, MCQ, MCQSet, load_any, shuffle_options
+from .data.records import LETTERS
+
+MODES = ("cot", "direct", "loglik")
+SUBSET_KEYS = ("meta_info", "subject_name", "subject", "src", "topic")  # MedQA, MedMCQA, MMLU, MMLU-Pro, starter
+DEFAULT_MAX_NEW_TOKENS = {"cot": 512, "direct": 5, "loglik": 0}
+DEFAULT_BATCH_SIZE = {"cot": 16, "direct": 32, "loglik": 32}
+DEFAULT_MAX_BATCH_TOKENS = 8192
+CONFIG_FILE = "eval_config.json"
+# settings that change the saved completions; a resumed run must use the same
+_RESUME_KEYS = ("model", "mode", "template", "prefill_think", "n_samples", "temperature", "max_new_tokens", "seed",
+                "scheme")
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> list[float | None]:
+    """Percentile bootstrap CI of the mean of ``values``: ``n_resamples`` resamples of the same size
+    drawn with replacement by ``numpy.random.default_rng(seed).integers(0, n, (n_resamples, n))``;
+    returns ``[q(alpha/2), q(1-alpha/2)]`` of the resampled means (``[None, None]`` when empty or
+    ``n_resamples == 0``)."""
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[0]
+    if n == 0 or not n_resamples:
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(lo), float(hi)]
+
+
+def random_baseline(n_options: Sequence[int], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Uniform random guessing: expected accuracy ``mean(1/n_options)``; ``ci95`` is the percentile
+    interval of the accuracy a random guesser obtains on a bootstrap resample of the questions (each
+    resample also redraws the guesses), i.e. the range a chance-level model's score falls in."""
+    p = 1.0 / np.asarray(n_options, dtype=np.float64)
+    n = p.shape[0]
+    if n == 0:
+        return {"accuracy": None, "ci95": [None, None]}
+    out: dict[str, Any] = {"accuracy": float(p.mean()), "ci95": [None, None]}
+    if n_resamples:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_resamples, n))
+        hits = rng.random((n_resamples, n)) < p[idx]
+        lo, hi = np.percentile(hits.mean(axis=1), [2.5, 97.5])
+        out["ci95"] = [float(lo), float(hi)]
+    return out
+
+
+def pass_at_k(n_correct: Sequence[int], n: int, k: int) -> float:
+    """Mean over questions of the unbiased pass@k (:func:`medrlvr.algos.unbiased_pass_at_k`)."""
+    from .algos import unbiased_pass_at_k
+
+    return float(np.mean([unbiased_pass_at_k(n, c, k) for c in n_correct])) if len(n_correct) else float("nan")
+
+
+def majority_at_k(answers: Sequence[str | None], gold: str, k: int) -> float:
+    """Expected accuracy of a majority vote over ``k`` of the ``n = len(answers)`` samples, averaged
+    exactly over all ``C(n, k)`` subsets (the unbiased maj@k estimate). ``None`` answers (no letter,
+    or bad format) do not vote; a tie among the most voted letters is broken uniformly at random
+    (the gold then counts ``1/ties``); a subset without any vote is wrong."""
+    n = len(answers)
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    counts = Counter(a for a in answers if a is not None)
+    c_gold = counts.pop(gold, 0)
+    c_none = sum(1 for a in answers if a is None)
+    others = list(counts.values())
+    total = Fraction(0)
+    for g in range(1, min(k, c_gold) + 1):
+        # dp[(s, t)]: ways to take s samples from the other letters, none more than g, t of them at g
+        dp: dict[tuple[int, int], int] = {(0, 0): 1}
+        for c in others:
+            nxt: dict[tuple[int, int], int] = {}
+            for (s, t), w in dp.items():
+                for j in range(min(c, g, k - g - s) + 1):
+                    key = (s + j, t + (j == g))
+                    nxt[key] = nxt.get(key, 0) + w * comb(c, j)
+            dp = nxt
+        for (s, t), w in dp.items():
+            r = k - g - s
+            if 0 <= r <= c_none:
+                total += Fraction(comb(c_gold, g) * w * comb(c_none, r), 1 + t)
+    return float(total / comb(n, k))
+
+
+def _ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def subset_of(rec: MCQ) -> str | None:
+    """The record's subset label: MedQA ``meta_info`` (step1 / step2&3), MedMCQA ``subject_name``,
+    MMLU ``subject``, MMLU-Pro ``src``, starter ``topic``; ``None`` when it has none."""
+    for k in SUBSET_KEYS:
+        v = rec.meta.get(k)
+        if v not in (None, ""):
+            return str(v)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (as the rollout engines and the trainer do)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "bench"
+
+
+def _bench_key(spec: str) -> str:
+    base = spec.split(":")[0]
+    if base in BENCHMARKS or spec.startswith("hub:"):
+        return spec
+    return Path(spec).stem
+
+
+def distribution_of(name: str) -> str | None:
+    """``"id"`` / ``"ood"`` for a registered benchmark name (``NAME[:SPLIT]``), else ``None``."""
+    b = BENCHMARKS.get(name.split(":")[0])
+    return b.distribution if b is not None else None
+
+
+def _seed_of(*parts: Any) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class _Item:
+    rec: MCQ          # as shown (options possibly shuffled)
+    base: MCQ         # original record
+    variant: int      # 0 = original order, 1..K = seeded shuffles
+    prompt: str
+    ids: list[int]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.base.id, self.variant)
+
+
+def _chunks(items: list[_Item], max_items: int, max_tokens: int | None) -> list[list[_Item]]:
+    """Fixed batches over the whole list: at most ``max_items`` and (when given) a padded size of at
+    most ``max_tokens`` tokens (a single longer item gets its own batch)."""
+    out: list[list[_Item]] = []
+    cur: list[_Item] = []
+    longest = 0
+    for it in items:
+        L = max(longest, len(it.ids) + 1)
+        if cur and (len(cur) >= max_items or (max_tokens and L * (len(cur) + 1) > max_tokens)):
+            out.append(cur)
+            cur, L = [], len(it.ids) + 1
+        cur.append(it)
+        longest = L
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _read_rows(path: Path) -> dict[tuple[str, int], dict]:
+    """Saved rows keyed by (id, variant); a torn last line (interrupted write) is dropped from the file."""
+    rows: dict[tuple[str, int], dict] = {}
+    if not path.exists():
+        return rows
+    good: list[str] = []
+    bad = False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                bad = True
+                continue
+            try:
+                r = json.loads(line)
+                rows[(str(r["id"]), int(r["variant"]))] = r
+                good.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                bad = True
+    if bad:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(good), encoding="utf-8")
+        os.replace(tmp, path)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def _loglik_batch(model, tokenizer, items: list[_Item]) -> list[dict[str, float]]:
+    """Next-token log-probs of the option letters after each direct prompt (one forward per batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .batching import _split_lm, pack, response_hidden, response_logprobs
+
+    n_max = max(it.rec.n_options for it in items)
+    letter_ids = [encode(tokenizer, " " + L) for L in LETTERS[:n_max]]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if all(len(t) == 1 for t in letter_ids):
+        b = pack([it.ids for it in items], [[letter_ids[0][0]] for _ in items], pad).to(device)
+        h = response_hidden(model, b)[:, 0]                       # (B, H) at the last prompt position
+        _, head = _split_lm(model)
+        if isinstance(head, torch.nn.Linear):
+            w = head.weight.float()
+            logits = F.linear(h.float(), w, head.bias.float() if head.bias is not None else None)
+        else:
+            logits = head(h).float()
+        lp = torch.log_softmax(logits, dim=-1)[:, [t[0] for t in letter_ids]].cpu()
+        return [{L: float(lp[i, j]) for j, L in enumerate(it.rec.letters)} for i, it in enumerate(items)]
+    # tokenizers that split " A" in several tokens: score each option's continuation (sum of log-probs)
+    prompts, resps, owner = [], [], []
+    for i, it in enumerate(items):
+        for j, L in enumerate(it.rec.letters):
+            prompts.append(it.ids)
+            resps.append(letter_ids[j])
+            owner.append((i, L))
+    b = pack(prompts, resps, pad).to(device)
+    lp, _ = response_logprobs(model, b)
+    sums = lp.float().sum(dim=1).cpu()
+    out: list[dict[str, float]] = [{} for _ in items]
+    for (i, L), v in zip(owner, sums.tolist()):
+        out[i][L] = float(v)
+    return out
+
+
+def _row_from_loglik(it: _Item, lps: dict[str, float]) -> dict:
+    pred = max(lps, key=lambda L: (lps[L], -LETTERS.index(L)))
+    return _row(it, [{"pred": pred, "pred_text": it.rec.options[pred], "correct": pred == it.rec.gold,
+                      "logprobs": {k: round(v, 6) for k, v in lps.items()}}])
+
+
+def _row(it: _Item, samples: list[dict]) -> dict:
+    return {"id": it.base.id, "variant": it.variant, "gold": it.rec.gold, "gold_text": it.rec.gold_text,
+            "n_options": it.rec.n_options, "subset": subset_of(it.base), "prompt_tokens": len(it.ids),
+            "samples": samples}
+
+
+def _score_generation(it: _Item, comps, mode: str, prefix: str, scheme: str) -> dict:
+    from .reward import extract_letter, score
+
+    samples = []
+    for c in comps:
+        if mode == "cot":
+            r = score(prefix + c.text, it.rec.gold, it.rec.n_options, scheme=scheme, options=it.rec.options)
+            pred, fmt, correct, flags = r.pred, r.format_ok, r.correct, list(r.flags)
+        else:
+            # the answer is the first non-empty line (engines cut at the "\n" stop; a fake one may not)
+            first = next((ln for ln in c.text.splitlines() if ln.strip()), "")
+            pred = extract_letter(first, it.rec.n_options, it.rec.options)
+            fmt, correct, flags = None, pred == it.rec.gold, []
+        samples.append({"text": c.text, "pred": pred, "pred_text": it.rec.options.get(pred) if pred else None,
+                        "format_ok": fmt, "correct": bool(correct), "flags": flags,
+                        "finish_reason": c.finish_reason, "tokens": len(c.token_ids)})
+    return _row(it, samples)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def _answer(sample: dict, mode: str) -> str | None:
+    """The letter a sample votes for: its prediction, when (cot) the format is valid."""
+    if mode == "cot" and not sample.get("format_ok"):
+        return None
+    return sample.get("pred")
+
+
+def _accuracy_block(scores: list[float], n_resamples: int, seed: int) -> dict:
+    return {"accuracy": float(np.mean(scores)) if scores else None, "ci95": bootstrap_ci(scores, n_resamples, seed),
+            "n": len(scores)}
+
+
+def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dict], mode: str, n_shuffles: int = 0,
+                      n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """All metrics of one benchmark from its saved rows (keyed by (id, variant))."""
+    main = [rows[(r.id, 0)] for r in records]
+    scores = [float(np.mean([s["correct"] for s in row["samples"]])) for row in main]
+    out = _accuracy_block(scores, n_resamples, seed)
+    all_samples = [s for row in main for s in row["samples"]]
+    K = len(main[0]["samples"]) if main else 0
+    out["format_valid"] = (float(np.mean([bool(s["format_ok"]) for s in all_samples])) if mode == "cot"
+                           and all_samples else None)
+    out["answer_rate"] = float(np.mean([s.get("pred") is not None for s in all_samples])) if all_samples else None
+    if mode == "cot" and all_samples:
+        out["accuracy_lenient"] = float(np.mean([np.mean([s.get("pred") == row["gold"] for s in row["samples"]])
+                                                 for row in main]))
+        out["mean_response_tokens"] = float(np.mean([s.get("tokens", 0) for s in all_samples]))
+        out["truncated"] = float(np.mean([s.get("finish_reason") == "length" for s in all_samples]))
+        from .reward import FLAGS
+
+        fc = Counter(f for s in all_samples for f in s.get("flags", []))
+        out["flag_rates"] = {f: fc.get(f, 0) / len(all_samples) for f in FLAGS}
+    if mode == "loglik" and all_samples and "logprobs" in all_samples[0]:
+        # share of the next-token probability on the option letters: low means the letters are scored,
+        # but the model would rather say something else after "Answer:" (an instruct model without chat)
+        out["option_mass"] = float(np.mean([sum(math.exp(v) for v in s["logprobs"].values()) for s in all_samples]))
+    out["n_samples"] = K
+    out["random_baseline"] = random_baseline([r.n_options for r in records], n_resamples, seed)
+    ro = out["random_baseline"]["accuracy"]
+    out["above_random"] = (out["ci95"][0] > ro) if (out["ci95"][0] is not None and ro is not None) else None
+    if K > 1:
+        ncor = [sum(bool(s["correct"]) for s in row["samples"]) for row in main]
+        out["pass_at_k"] = {str(k): pass_at_k(ncor, K, k) for k in _ks(K)}
+        out["maj_at_k"] = {str(k): float(np.mean([majority_at_k([_answer(s, mode) for s in row["samples"]],
+                                                                row["gold"], k) for row in main]))
+                           for k in _ks(K)}
+    # subsets
+    groups: dict[str, list[float]] = {}
+    for row, sc in zip(main, scores):
+        if row.get("subset") is not None:
+            groups.setdefault(row["subset"], []).append(sc)
+    if len(groups) > 1:
+        out["subsets"] = {k: _accuracy_block(v, n_resamples, seed) for k, v in sorted(groups.items())}
+    # position bias: predicted vs gold letters (every sample of the original order)
+    pc = Counter(s.get("pred") or "none" for s in all_samples)
+    gc = Counter(row["gold"] for row in main)
+    letters = sorted(set(gc) | {k for k in pc if k != "none"}, key=LETTERS.index)
+    out["letter_distribution"] = {"pred": {L: pc.get(L, 0) for L in letters} | ({"none": pc["none"]} if pc.get("none")
+                                                                                 else {}),
+                                  "gold": {L: gc.get(L, 0) for L in letters}}
+    # option-permutation consistency
+    if n_shuffles > 0:
+        same, acc_all = [], []
+        for r in records:
+            texts = []
+            for v in range(n_shuffles + 1):
+                row = rows[(r.id, v)]
+                votes = [s.get("pred_text") if _answer(s, mode) else None for s in row["samples"]]
+                votes = [t for t in votes if t is not None]
+                texts.append(Counter(votes).most_common(1)[0][0] if votes else None)
+                acc_all.append(float(np.mean([s["correct"] for s in row["samples"]])))
+            same.append(float(texts[0] is not None and all(t == texts[0] for t in texts)))
+        out["consistency"] = {"n_shuffles": n_shuffles, **_accuracy_block(same, n_resamples, seed)}
+        out["consistency"]["rate"] = out["consistency"].pop("accuracy")
+        out["accuracy_all_orders"] = float(np.mean(acc_all)) if acc_all else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main API
+def _resolve_benchmarks(benchmarks, data_root, columns) -> dict[str, list[MCQ]]:
+    if isinstance(benchmarks, str):
+        benchmarks = [b for b in benchmarks.split(",") if b.strip()]
+    out: dict[str, list[MCQ]] = {}
+    if isinstance(benchmarks, Mapping):
+        for k, v in benchmarks.items():
+            out[str(k)] = list(v.records if isinstance(v, MCQSet) else v)
+        return out
+    for spec in benchmarks:
+        spec = spec.strip()
+        s = load_any(spec, data_root, columns)
+        key = _bench_key(spec)
+        if key in out:
+            raise ValueError(f"benchmark {key!r} given twice")
+        out[key] = list(s.records)
+    return out
+
+
+def _make_engine(engine, model, tokenizer):
+    if not isinstance(engine, str):
+        return engine, getattr(engine, "name", type(engine).__name__)
+    from .rollout import make_engine
+
+    try:
+        return make_engine(engine, model, tokenizer), engine
+    except ValueError as e:   # unknown engine, or one that does not support this model
+        if engine == "hf":
+            raise
+        print(f"[medrlvr] engine {engine!r} is not usable here ({e}); using 'hf'", file=sys.stderr)
+        return make_engine("hf", model, tokenizer), "hf"
+
+
+def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | str, mode: str = "cot",
+             n_samples: int = 1, limit: int | None = None, output_dir: str | os.PathLike | None = None,
+             data_root: str | os.PathLike | None = None, template: str = "r1-zero", batch_size: int | None = None,
+             max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
+             n_shuffles: int = 0, engine: Any = "hf", bootstrap: int = 1000, columns: str | None = None,
+             prefill_think: bool = True, scheme: str = "paper", max_batch_tokens: int | None = None,
+             model_name: str | None = None, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``model`` on ``benchmarks`` and return ``{bench: metrics, ..., "_meta": {...}}``.
+
+    ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``), a
+    comma-separated string of them, or a dict ``name -> MCQSet | list[MCQ]``. ``limit`` keeps the
+    first N questions of each. ``temperature`` defaults to 0 (greedy) for one sample and 1.0 for
+    more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
+    original order). ``engine`` is a name in :data:`medrlvr.rollout.ENGINES` ("hf", "fast" when
+    installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
+    the number of resamples (0: no CI). With ``output_dir`` the run is saved and resumable (see the
+    module doc); ``resume=False`` discards what the directory holds.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if mode == "loglik" and n_samples != 1:
+        raise ValueError("loglik mode is deterministic: n_samples must be 1")
+    if n_shuffles < 0:
+        raise ValueError(f"n_shuffles must be >= 0, got {n_shuffles}")
+    if temperature is None:
+        temperature = 0.0 if n_samples == 1 else 1.0
+    if mode == "loglik":
+        temperature = 0.0
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+    batch_size = batch_size or DEFAULT_BATCH_SIZE[mode]
+    if mode != "cot":
+        template = "direct"
+    model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or
+                                   type(model).__name__)
+    sets = _resolve_benchmarks(benchmarks, data_root, columns)
+    if limit is not None:
+        sets = {k: v[:limit] for k, v in sets.items()}
+
+    from .prompts import render, response_prefix
+
+    cfg = {"model": model_name, "mode": mode, "template": template,
+           "prefill_think": prefill_think if mode == "cot" else None, "n_samples": n_samples,
+           "temperature": temperature, "max_new_tokens": max_new_tokens if mode != "loglik" else None,
+           "seed": seed, "scheme": scheme if mode == "cot" else None}
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cpath = out_dir / CONFIG_FILE
+        if cpath.exists() and resume:
+            old = json.loads(cpath.read_text(encoding="utf-8"))
+            diff = {k: (old.get(k), cfg[k]) for k in _RESUME_KEYS if old.get(k) != cfg[k]}
+            if diff:
+                raise ValueError(f"{out_dir} holds an evaluation with other settings {diff} (saved, now); "
+                                 "use another output directory or resume=False (--overwrite)")
+        if not resume:
+            for p in out_dir.glob("*.completions.jsonl"):
+                p.unlink()
+        cpath.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    eng, eng_name = None, engine if isinstance(engine, str) else None
+    prefix = response_prefix(template, prefill_think) if mode == "cot" else ""
+    t_start = time.perf_counter()
+    timing: dict[str, dict] = {}
+    results: dict[str, Any] = {}
+    try:
+        import torch
+
+        for bench, records in sets.items():
+            ids = [r.id for r in records]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{bench}: duplicate question ids")
+            cpath = out_dir / f"{_slug(bench)}.completions.jsonl" if out_dir is not None else None
+            rows = _read_rows(cpath) if cpath is not None else {}
+            items: list[_Item] = []
+            for r in records:
+                for v in range(n_shuffles + 1):
+                    shown = r if v == 0 else shuffle_options(r, seed * 1000 + v)
+                    prompt = render(shown, template, tokenizer, prefill_think)
+                    items.append(_Item(shown, r, v, prompt, []))
+            for it in items:
+                it.ids = encode(tokenizer, it.prompt)
+            # fixed batches over the full list, longest first (deterministic given the questions)
+            order = sorted(range(len(items)), key=lambda i: (-len(items[i].ids), i))
+            items = [items[i] for i in order]
+            if mode == "loglik":
+                chunks = _chunks(items, batch_size, max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+            else:
+                chunks = _chunks(items, batch_size, None)
+            todo = [c for c in chunks if any(it.key not in rows for it in c)]
+            n_todo = sum(1 for c in todo for it in c if it.key not in rows)
+            t0 = time.perf_counter()
+            n_tok = 0
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(items), initial=len(items) - n_todo, desc=f"eval {bench} ({mode})",
+                           unit="q", dynamic_ncols=True, file=sys.stderr)
+            fh = open(cpath, "a", encoding="utf-8") if cpath is not None else None
+            try:
+                for chunk in todo:
+                    if mode == "loglik":
+                        with torch.inference_mode():
+                            lps = _loglik_batch(model, tokenizer, chunk)
+                        new = [_row_from_loglik(it, lp) for it, lp in zip(chunk, lps)]
+                        n_tok += sum(len(it.ids) for it in chunk)
+                    else:
+                        if eng is None:
+                            eng, eng_name = _make_engine(engine, model, tokenizer)
+                        from .rollout import SamplingParams
+
+                        stop = ("</answer>",) if mode == "cot" else ("\n",)
+                        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
+                                                seed=_seed_of(seed, bench, chunk[0].base.id, chunk[0].variant))
+                        groups = eng.generate([it.prompt for it in chunk], n_samples, params)
+                        new = [_score_generation(it, comps, mode, prefix, scheme) for it, comps in zip(chunk, groups)]
+                        n_tok += sum(len(c.token_ids) for g in groups for c in g)
+                    fresh = 0
+                    for it, row in zip(chunk, new):
+                        if it.key in rows:     # saved by an interrupted run: keep it
+                            continue
+                        rows[it.key] = row
+                        fresh += 1
+                        if fh is not None:
+                            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    if fh is not None:
+                        fh.flush()
+                    if bar is not None:
+                        bar.update(fresh)
+            finally:
+                if fh is not None:
+                    fh.close()
+                if bar is not None:
+                    bar.close()
+            dt = time.perf_counter() - t0
+            timing[bench] = {"computed": n_todo, "seconds": round(dt, 3),
+                             "questions_per_s": round(n_todo / dt, 4) if n_todo and dt > 0 else None,
+                             ("prompt_tokens" if mode == "loglik" else "generated_tokens"): n_tok,
+                             "tokens_per_s": round(n_tok / dt, 2) if n_tok and dt > 0 else None}
+            m = benchmark_metrics(records, rows, mode, n_shuffles, bootstrap, seed)
+            m["distribution"] = distribution_of(bench)
+            results[bench] = m
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    try:
+        p = next(model.parameters())
+        dtype = str(p.dtype).removeprefix("torch.")
+    except (StopIteration, AttributeError, TypeError):
+        dtype = None
+    from . import __version__
+
+    results["_meta"] = {**cfg, "n_shuffles": n_shuffles, "limit": limit, "bootstrap": bootstrap,
+                        "engine": eng_name if mode != "loglik" else None, "dtype": dtype,
+                        "benchmarks": list(sets), "medrlvr_version": __version__,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "elapsed_s": round(time.perf_counter() - t_start, 3), "timing": timing}
+    if out_dir is not None:
+        write_results(results, out_dir)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ output
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}" if pct else f"{x:.3g}"
+
+
+def _fmt_ci(acc, ci) -> str:
+    if acc is None:
+        return "-"
+    if not ci or ci[0] is None:
+        return _fmt(acc)
+    return f"{_fmt(acc)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """A Markdown report of :func:`evaluate`'s results (accuracies in %)."""
+    meta = results.get("_meta", {})
+    benches = [k for k in results if not k.startswith("_")]
+    lines = [f"# Evaluation: {meta.get('model', '?')} ({meta.get('mode', '?')})", ""]
+    settings = ", ".join(f"{k}={meta[k]}" for k in ("mode", "template", "n_samples", "temperature", "max_new_tokens",
+                                                    "n_shuffles", "seed", "limit", "dtype") if meta.get(k) is not None)
+    lines += [f"Settings: {settings}. Accuracy in %, 95% percentile bootstrap CI over questions "
+              f"({meta.get('bootstrap', '?')} resamples).", ""]
+    head = ["benchmark", "dist", "n", "accuracy [95% CI]", "random [95% CI]", "answered", "format valid"]
+    extra_k = any("pass_at_k" in results[b] for b in benches)
+    cons = any("consistency" in results[b] for b in benches)
+    if extra_k:
+        head += ["pass@K", "maj@K"]
+    if cons:
+        head += ["consistency"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b in benches:
+        r = results[b]
+        rb = r.get("random_baseline", {})
+        row = [b, r.get("distribution") or "-", str(r["n"]), _fmt_ci(r["accuracy"], r["ci95"]),
+               _fmt_ci(rb.get("accuracy"), rb.get("ci95")), _fmt(r.get("answer_rate")), _fmt(r.get("format_valid"))]
+        if extra_k:
+            pk, mk = r.get("pass_at_k", {}), r.get("maj_at_k", {})
+            K = str(r.get("n_samples"))
+            row += [_fmt(pk.get(K)) + (f" (K={K})" if pk else ""), _fmt(mk.get(K))]
+        if cons:
+            c = r.get("consistency")
+            row += [_fmt_ci(c["rate"], c["ci95"]) if c else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    for b in benches:
+        r = results[b]
+        if "subsets" in r:
+            lines += ["", f"## {b}: subsets", "", "| subset | n | accuracy [95% CI] |", "|---|---|---|"]
+            lines += [f"| {k} | {v['n']} | {_fmt_ci(v['accuracy'], v['ci95'])} |" for k, v in r["subsets"].items()]
+    lines += ["", "## Predicted vs gold letters (position bias)", "", "| benchmark | letter | predicted | gold |",
+              "|---|---|---|---|"]
+    for b in benches:
+        d = results[b].get("letter_distribution", {})
+        for L in list(d.get("gold", {})) + (["none"] if "none" in d.get("pred", {}) else []):
+            lines.append(f"| {b} | {L} | {d['pred'].get(L, 0)} | {d['gold'].get(L, '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    j, m = out / "results.json", out / "results.md"
+    for path, text in ((j, json.dumps(results, indent=2, ensure_ascii=False) + "\n"), (m, results_markdown(results))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return j, m
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def resolve_model_dir(name: str) -> str:
+    """A run directory (RL or SFT) stands for its ``final/`` model."""
+    p = Path(name)
+    if p.is_dir() and not (p / "config.json").exists() and (p / "final" / "config.json").exists():
+        return str(p / "final")
+    return name
+
+
+def cmd_eval(a) -> int:
+    import torch
+
+    from .models import load_policy
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model_path = resolve_model_dir(a.model)
+    model, tok = load_policy(model_path, a.dtype, seed=a.seed)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    out = a.output or f"runs/eval/{_slug(Path(a.model).name if os.path.exists(a.model) else a.model)}-{a.mode}"
+    res = evaluate(model, tok, [b for b in a.benchmarks.split(",") if b.strip()], mode=a.mode,
+                   n_samples=a.n_samples, limit=a.limit, output_dir=out, data_root=a.data_root, template=a.template,
+                   batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
+                   n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, columns=a.columns,
+                   prefill_think=not a.no_prefill, model_name=a.model, resume=not a.overwrite,
+                   progress=not a.quiet)
+    if a.json:
+        print(json.dumps(res, indent=2, ensure_ascii=False))
+    else:
+        print(results_markdown(res))
+        print(f"results: {Path(out) / 'results.json'}")
+    return 0
+
+
+def add_cli(subparsers):
+    """Register ``eval`` on an argparse ``subparsers`` object; returns the sub-parser."""
+    e = subparsers.add_parser("eval", help="evaluate a model on benchmarks (accuracy, 95%% CI, random baseline)",
+                              description=__doc__.split("\n\n")[0])
+    e.add_argument("--model", required=True, help="smollm2-135m, tiny, a Hugging Face dir (or a run dir with final/)")
+    e.add_argument("--benchmarks", required=True,
+                   help="comma-separated benchmark names[:split] (" + ", ".join(BENCHMARKS) + ") or data files")
+    e.add_argument("--data-root", default=None,
+                   help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
+    e.add_argument("--columns", default=None, help="column map for data files, e.g. question=q,options=A|B|C|D,gold=ans")
+    e.add_argument("--mode", default="cot", choices=MODES)
+    e.add_argument("--n-samples", type=int, default=1, help="samples per question (K); K > 1 adds pass@k, maj@k")
+    e.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    e.add_argument("--output", default=None, help="output dir (default runs/eval/<model>-<mode>); resumable")
+    e.add_argument("--json", action="store_true", help="print results.json to stdout")
+    e.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"], help="cot prompt template")
+    e.add_argument("--no-prefill", action="store_true", help="cot: do not end the prompt with <think>")
+    e.add_argument("--engine", default="hf", help="rollout engine for cot/direct: hf, or fast when available")
+    e.add_argument("--shuffles", type=int, default=0, help="K seeded option orders per question (consistency)")
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--max-new-tokens", type=int, default=None)
+    e.add_argument("--temperature", type=float, default=None, help="default 0 for one sample, 1.0 for more")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (on a busy shared CPU, 1 is often faster than several)")
+    e.add_argument("--overwrite", action="store_true", help="discard completions saved in --output (no resume)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
+    return e

@@ -1,0 +1,381 @@
+"""The paper's supervised fine-tuning (SFT) baseline: question -> answer letter.
+
+Each training example is the *direct* prompt (question, lettered options, ``Answer:``) followed by
+the target ``" C"`` (:func:`medrlvr.prompts.direct_target`); the loss is the mean negative
+log-likelihood of the answer tokens only (the prompt is context, not a target). The data plumbing is
+the RL trainer's: :func:`medrlvr.data.load_any` for the sources, :class:`medrlvr.train.PromptStream`
+for seeded epoch permutations (and optional per-epoch option shuffling),
+:func:`medrlvr.batching.pack` and :func:`medrlvr.batching.response_logprobs` for the loss.
+
+With ``lr_grid`` several learning rates are trained from the same initial weights, each model is
+scored on the dev set by log-likelihood accuracy (:func:`medrlvr.evaluate.evaluate`,
+``mode="loglik"``) and the best one is kept.
+
+Output directory: ``sft_config.json``, ``metrics.jsonl`` (one line per step, per dev evaluation and
+the final selection), ``sft_summary.json`` and ``final/``, the selected model in Hugging Face format
+(safetensors), which ``medrlvr eval --model DIR/final`` (or just ``DIR``) loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .batching import pack, response_logprobs
+from .data import MCQ, load_any
+from .evaluate import encode, evaluate
+from .models import load_policy
+from .prompts import direct_target, render
+from .train import PromptStream, _atomic_write_dir
+
+
+@dataclass
+class SFTConfig:
+    """Settings of an SFT run (CLI flags in brackets).
+
+    Attributes:
+        model: initial model: ``smollm2-135m``, ``tiny``, a Hugging Face dir or Hub id [--model].
+        train_data: training questions: a benchmark ``NAME[:SPLIT]``, a data file, ``hub:ID``, or
+            (from Python) a list of :class:`~medrlvr.data.MCQ` [--train-data]. The default is MedQA 4-option *dev*, because the MedQA train split is not
+            in ``../shared/data``; point it at the real train split to reproduce the paper.
+        dev_data: questions that pick the learning rate (same forms); ``None`` holds out ``dev_fraction`` of the
+            training questions (seeded) [--dev-data].
+        dev_fraction: share of ``train_data`` held out when ``dev_data`` is ``None``.
+        dev_limit: score at most this many dev questions (``None``: all) [--dev-limit].
+        data_root: benchmark data folder (default: ``$MEDRLVR_DATA_ROOT``, else ``../shared/data``).
+        columns: column map for data files (see :mod:`medrlvr.data.loaders`).
+        train_limit: use only the first N training questions (``None``: all).
+        epochs: passes over the training questions [--epochs].
+        lr: learning rate, used when ``lr_grid`` is empty [--lr].
+        lr_grid: learning rates to try; the one with the best dev accuracy is kept [--lr-grid].
+        batch_size: questions per optimizer step [--batch-size].
+        micro_batch_size: questions per forward/backward (gradient accumulation); ``None``: batch_size.
+        max_steps: stop after this many optimizer steps (overrides ``epochs``) [--max-steps].
+        warmup_ratio: linear warm-up over this share of the steps.
+        lr_schedule: ``constant``, ``linear`` (decay to 0) or ``cosine``.
+        weight_decay: AdamW weight decay.
+        adam_betas: AdamW betas.
+        max_grad_norm: gradient clipping (0: none).
+        shuffle_options: re-shuffle each question's options every epoch (against position bias).
+        append_eos: also train the end-of-sequence token after the letter.
+        dtype: model dtype (``fp32``, ``bf16``) [--dtype].
+        eval_every_epoch: score the dev set after every epoch (else only at the end).
+        eval_batch_size: questions per forward when scoring the dev set.
+        seed: seeds the data order, option shuffles, dropout and the dev hold-out [--seed].
+    """
+
+    model: str = "smollm2-135m"
+    train_data: Any = "medqa-4opt:dev"
+    dev_data: Any = None
+    dev_fraction: float = 0.1
+    dev_limit: int | None = 300
+    data_root: str | None = None
+    columns: str | None = None
+    train_limit: int | None = None
+    epochs: int = 3
+    lr: float = 1e-5
+    lr_grid: tuple[float, ...] = ()
+    batch_size: int = 16
+    micro_batch_size: int | None = None
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    shuffle_options: bool = False
+    append_eos: bool = False
+    dtype: str = "fp32"
+    eval_every_epoch: bool = True
+    eval_batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        self.lr_grid = tuple(float(x) for x in self.lr_grid)
+        self.adam_betas = tuple(self.adam_betas)
+        if self.epochs < 1 and not self.max_steps:
+            raise ValueError("epochs must be >= 1 (or give max_steps)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        if not 0 < self.dev_fraction < 1:
+            raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        for lr in (self.lr, *self.lr_grid):
+            if not lr > 0:
+                raise ValueError(f"learning rates must be > 0, got {lr}")
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return self.lr_grid or (self.lr,)
+
+
+@dataclass
+class SFTResult:
+    best_lr: float
+    dev_accuracy: dict[float, float]        # lr -> final dev loglik accuracy
+    dev_accuracy_before: float | None
+    output_dir: Path | None
+    model: Any = None                       # the selected model (in memory)
+    tokenizer: Any = None
+    history: list[dict] = field(default_factory=list)
+
+
+def split_train_dev(records: list[MCQ], fraction: float, seed: int) -> tuple[list[MCQ], list[MCQ]]:
+    """Seeded hold-out: ``fraction`` of the records (at least one) become dev, the rest train."""
+    if len(records) < 2:
+        raise ValueError("need at least 2 training questions to hold out a dev set (or pass dev_data)")
+    idx = list(range(len(records)))
+    random.Random(seed * 1_000_003 + 17).shuffle(idx)
+    k = max(1, round(fraction * len(records)))
+    dev = set(idx[:k])
+    return [r for i, r in enumerate(records) if i not in dev], [r for i, r in enumerate(records) if i in dev]
+
+
+def _records(spec, cfg: SFTConfig) -> list[MCQ]:
+    if isinstance(spec, str):
+        return list(load_any(spec, cfg.data_root, cfg.columns).records)
+    return list(spec.records if hasattr(spec, "records") else spec)
+
+
+def example_ids(rec: MCQ, tokenizer, append_eos: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one SFT example: the direct prompt and ``" <gold letter>"``."""
+    prompt = encode(tokenizer, render(rec, "direct"))
+    answer = encode(tokenizer, direct_target(rec))
+    if append_eos and tokenizer.eos_token_id is not None:
+        answer = answer + [tokenizer.eos_token_id]
+    return prompt, answer
+
+
+def answer_loss(model, tokenizer, records: list[MCQ], append_eos: bool = False, batch: int = 16) -> float:
+    """Mean NLL of the answer tokens over ``records`` (no gradient); the quantity SFT minimises."""
+    was = model.training
+    model.eval()
+    tot, ntok = 0.0, 0
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for s in range(0, len(records), batch):
+            ex = [example_ids(r, tokenizer, append_eos) for r in records[s:s + batch]]
+            b = pack([p for p, _ in ex], [a for _, a in ex], tokenizer.pad_token_id).to(dev)
+            lp, _ = response_logprobs(model, b)
+            tot += float(-(lp.float() * b.response_mask).sum())
+            ntok += int(b.response_mask.sum())
+    model.train(was)
+    return tot / max(1, ntok)
+
+
+def _lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - frac if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return f
+
+
+class _Log:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.history: list[dict] = []
+
+    def __call__(self, rec: dict) -> None:
+        self.history.append(rec)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+def _dev_accuracy(model, tok, dev: list[MCQ], cfg: SFTConfig) -> float:
+    r = evaluate(model, tok, {"dev": dev}, mode="loglik", bootstrap=0, progress=False, seed=cfg.seed,
+                 batch_size=cfg.eval_batch_size)
+    return float(r["dev"]["accuracy"])
+
+
+def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: _Log, model=None, tokenizer=None,
+              quiet: bool = False):
+    """Fine-tune one model at learning rate ``lr``; returns ``(model, tokenizer, final dev accuracy)``."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_policy(cfg.model, cfg.dtype, seed=cfg.seed)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    device = next(model.parameters()).device
+    model.train()
+    stream = PromptStream(train, cfg.seed, cfg.shuffle_options)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_ratio * total), cfg.lr_schedule))
+    micro = cfg.micro_batch_size or cfg.batch_size
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"sft lr={lr:g}", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    acc = None
+    for step in range(1, total + 1):
+        t0 = time.perf_counter()
+        recs = stream.take(cfg.batch_size)
+        ex = [example_ids(r, tokenizer, cfg.append_eos) for r in recs]
+        n_tok = sum(len(a) for _, a in ex)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for s in range(0, len(ex), micro):
+            sub = ex[s:s + micro]
+            b = pack([p for p, _ in sub], [a for _, a in sub], tokenizer.pad_token_id).to(device)
+            lp, _ = response_logprobs(model, b)
+            nll = -(lp.float() * b.response_mask).sum()
+            (nll / n_tok).backward()
+            loss_sum += float(nll.detach())
+        gnorm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
+                 else torch.tensor(float("nan")))
+        loss = loss_sum / n_tok
+        rec = {"lr_candidate": lr, "step": step, "epoch": stream.epoch + (stream.pos / len(stream.records)),
+               "loss": loss, "answer_prob": math.exp(-loss), "grad_norm": float(gnorm),
+               "lr": sched.get_last_lr()[0], "step_s": round(time.perf_counter() - t0, 4)}
+        if not math.isfinite(loss) or (cfg.max_grad_norm and not torch.isfinite(gnorm)):
+            opt.zero_grad(set_to_none=True)   # skip a non-finite step, never apply it
+            rec["skipped"] = True
+        else:
+            opt.step()
+        sched.step()
+        log(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        end_of_epoch = step % steps_per_epoch == 0
+        if step == total or (cfg.eval_every_epoch and end_of_epoch):
+            acc = _dev_accuracy(model, tokenizer, dev, cfg)
+            model.train()
+            log({"lr_candidate": lr, "step": step, "event": "dev", "dev_accuracy": acc, "dev_n": len(dev)})
+            bar.set_postfix(loss=f"{loss:.3f}", dev=f"{acc:.3f}")
+    bar.close()
+    model.eval()
+    return model, tokenizer, acc
+
+
+def _save(model, tok, final: Path) -> None:
+    def write(d: Path):
+        model.save_pretrained(d, safe_serialization=True)
+        tok.save_pretrained(d)
+
+    _atomic_write_dir(final, write)
+
+
+def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, model_fn=None) -> SFTResult:
+    """Run SFT for every learning rate of ``cfg.lrs``, keep the best on the dev set, save it to
+    ``output_dir/final`` (when given). ``model_fn()`` may supply fresh ``(model, tokenizer)`` pairs
+    instead of :func:`medrlvr.models.load_policy` (tests)."""
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        conf = {k: (v if isinstance(v, (str, int, float, bool, tuple, type(None))) else f"<{len(v)} records>")
+                for k, v in asdict(cfg).items()}
+        (out / "sft_config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
+    log = _Log(out / "metrics.jsonl" if out is not None else None)
+    train = _records(cfg.train_data, cfg)
+    train = train[: cfg.train_limit] if cfg.train_limit else train
+    if cfg.dev_data:
+        dev = _records(cfg.dev_data, cfg)
+        overlap = {r.id for r in train} & {r.id for r in dev}
+        if overlap:
+            print(f"[medrlvr] warning: {len(overlap)} dev questions are also training questions", file=sys.stderr)
+    else:
+        train, dev = split_train_dev(train, cfg.dev_fraction, cfg.seed)
+    if cfg.dev_limit:
+        dev = dev[: cfg.dev_limit]
+    if not train:
+        raise ValueError("no training questions")
+
+    def fresh():
+        if model_fn is not None:
+            return model_fn()
+        m, t = load_policy(cfg.model, cfg.dtype, seed=cfg.seed)
+        return (m.to("cuda") if torch.cuda.is_available() else m), t
+
+    m0, t0 = fresh()
+    before = _dev_accuracy(m0, t0, dev, cfg)
+    log({"step": 0, "event": "dev", "dev_accuracy": before, "dev_n": len(dev), "lr_candidate": None})
+    best = None
+    accs: dict[float, float] = {}
+    for i, lr in enumerate(cfg.lrs):
+        if i > 0:
+            m0, t0 = fresh()
+        model, tok, acc = train_one(cfg, lr, train, dev, log, m0, t0, quiet=quiet)
+        accs[lr] = acc
+        if best is None or acc > best[1]:
+            best = (lr, acc, model, tok)
+            if out is not None:
+                _save(model, tok, out / "final")
+        else:
+            del model
+        m0 = t0 = None
+    lr, acc, model, tok = best
+    log({"event": "select", "best_lr": lr, "dev_accuracy": {str(k): v for k, v in accs.items()},
+         "dev_accuracy_before": before})
+    if out is not None:
+        summary = {"best_lr": lr, "dev_accuracy": {str(k): v for k, v in accs.items()}, "dev_accuracy_before": before,
+                   "n_train": len(train), "n_dev": len(dev), "model_dir": str(out / "final")}
+        (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return SFTResult(lr, accs, before, out, model, tok, log.history)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--lr-grid must be comma-separated numbers, got {s!r}") from None
+
+
+def cmd_sft(a) -> int:
+    kw: dict[str, Any] = {}
+    for f in fields(SFTConfig):
+        v = getattr(a, f.name, None)
+        if v is not None:
+            kw[f.name] = v
+    if a.lr_grid:
+        kw["lr_grid"] = _floats(a.lr_grid)
+    cfg = SFTConfig(**kw)
+    out = Path(a.output or "runs/sft")
+    res = sft(cfg, out, quiet=a.quiet)
+    accs = ", ".join(f"lr={k:g}: {v:.4f}" for k, v in res.dev_accuracy.items())
+    print(f"dev loglik accuracy before: {res.dev_accuracy_before:.4f}; after: {accs}")
+    print(f"best lr {res.best_lr:g}; model: {out / 'final'} (medrlvr eval --model {out / 'final'} ...)")
+    return 0
+
+
+def add_cli(subparsers):
+    """Register ``sft`` on an argparse ``subparsers`` object; returns the sub-parser."""
+    d = SFTConfig()
+    s = subparsers.add_parser("sft", help="SFT baseline: direct prompt -> answer letter (loss on the letter only)",
+                              description=__doc__.split("\n\n")[0])
+    s.add_argument("--model", default=None, help=f"initial model (default {d.model})")
+    s.add_argument("--train-data", default=None, help=f"benchmark[:split] or data file (default {d.train_data})")
+    s.add_argument("--dev-data", default=None, help="dev questions for the lr choice (default: hold out 10%% of train)")
+    s.add_argument("--dev-limit", type=int, default=None, help=f"at most N dev questions (default {d.dev_limit})")
+    s.add_argument("--data-root", default=None,
+                   help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
+    s.add_argument("--columns", default=None, help="column map for data files")
+    s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}")
+    s.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}")
+    s.add_argument("--lr-grid", default=None, help="comma-separated learning rates, e.g. 1e-5,3e-5; keeps the best")
+    s.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (overrides --epochs)")
+    s.add_argument("--shuffle-options", action="store_true", default=None, help="re-shuffle options every epoch")
+    s.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--output", default=None, help="output dir (default runs/sft)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sft)
+    return s

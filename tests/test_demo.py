@@ -1,0 +1,25 @@
+"""`medrlvr demo` plumbing on the tiny model (the real demo runs SmolLM2-135M for minutes: `make demo`)."""
+
+import json
+
+from medrlvr.cli import main
+
+
+def test_demo_plumbing_tiny(tmp_path):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--output", str(out), "--max-steps", "2", "model=tiny", "engine=hf", "eval_limit=4",
+               "max_new_tokens=8", "prompts_per_step=2", "samples_per_prompt=2", "micro_batch_size=4",
+               "autocast_bf16=false"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["before"]) >= {"accuracy", "format_valid"} and set(s["after"]) >= {"accuracy", "format_valid"}
+    assert s["wall_s"] > 0 and s["steps"] == 2 and s["before"]["n"] == 4
+    md = (out / "summary.md").read_text()
+    assert "| before |" in md and "| after |" in md
+    for tag in ("eval_before", "eval_after"):
+        r = json.loads((out / tag / "results.json").read_text())
+        bench = [k for k in r if not k.startswith("_")][0]
+        assert r[bench]["n"] == 4 and len(r[bench]["ci95"]) == 2
+    assert (out / "report.html").exists() or (out / "report" / "report.html").exists()
+    assert (out / "final" / "model.safetensors").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,89 @@
+"""SFT baseline on the tiny model: the answer-token loss goes down, the trained letters are picked up by
+loglik and direct evaluation, the lr grid keeps the best, the saved model loads, and the CLI works."""
+
+import json
+
+import pytest
+import torch
+
+from medrlvr import batching, train
+from medrlvr import sft as sft_mod
+from medrlvr.data import load_benchmark
+from medrlvr.evaluate import evaluate
+from medrlvr.models import load_policy
+from medrlvr.sft import SFTConfig, answer_loss, example_ids, sft, split_train_dev
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, two OpenMP threads competing with other processes are
+    many times slower than one (measured 3 s vs 0.06 s per tiny SFT step under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_shares_the_trainers_data_plumbing(tokenizer):
+    assert sft_mod.PromptStream is train.PromptStream
+    assert sft_mod.pack is batching.pack and sft_mod.response_logprobs is batching.response_logprobs
+    rec = load_benchmark("starter:train").records[0]
+    p, a = example_ids(rec, tokenizer)
+    assert tokenizer.decode(p).endswith("Answer:") and tokenizer.decode(a) == f" {rec.gold}"
+    assert example_ids(rec, tokenizer, append_eos=True)[1] == a + [tokenizer.eos_token_id]
+
+
+def test_sft_learns_the_gold_letters(tmp_path):
+    recs = load_benchmark("starter:train").records[:8]
+    assert len({r.gold for r in recs}) > 2
+    cfg = SFTConfig(model="tiny", train_data=recs, dev_data=recs, lr_grid=(1e-7, 3e-3), max_steps=16, batch_size=8,
+                    warmup_ratio=0.0, lr_schedule="constant", eval_every_epoch=False, seed=0)
+    m0, tok = load_policy("tiny", seed=0)
+    loss_before = answer_loss(m0, tok, recs)
+    res = sft(cfg, tmp_path, quiet=True)
+    assert res.best_lr == 3e-3 and set(res.dev_accuracy) == {1e-7, 3e-3}
+    assert res.dev_accuracy_before <= 0.5
+    assert res.dev_accuracy[3e-3] >= 7 / 8 and res.dev_accuracy[1e-7] <= 0.5
+    loss_after = answer_loss(res.model, res.tokenizer, recs)
+    assert loss_after < loss_before - 3.0
+    # generation with the direct template answers the trained letters too
+    direct = evaluate(res.model, res.tokenizer, {"train8": recs}, mode="direct", progress=False)["train8"]
+    assert direct["accuracy"] >= 7 / 8
+    # the saved Hugging Face dir is the selected model
+    m2, t2 = load_policy(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "model.safetensors").exists()
+    again = evaluate(m2, t2, {"train8": recs}, mode="loglik", progress=False)["train8"]["accuracy"]
+    assert again == res.dev_accuracy[3e-3]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "loss" in m and m["lr_candidate"] == 3e-3]
+    assert len(steps) == 16 and steps[-1]["loss"] < steps[0]["loss"]
+    assert metrics[-1]["event"] == "select" and metrics[-1]["best_lr"] == 3e-3
+    summary = json.loads((tmp_path / "sft_summary.json").read_text())
+    assert summary["best_lr"] == 3e-3 and summary["n_train"] == 8
+
+
+def test_split_and_config_validation():
+    recs = load_benchmark("starter:train").records[:20]
+    tr, dv = split_train_dev(recs, 0.1, seed=1)
+    assert len(dv) == 2 and len(tr) == 18 and not ({r.id for r in tr} & {r.id for r in dv})
+    assert split_train_dev(recs, 0.1, seed=1) == (tr, dv)
+    for bad in ({"lr_schedule": "step"}, {"batch_size": 0}, {"lr_grid": (1e-5, -1)}, {"dev_fraction": 1.5}):
+        with pytest.raises(ValueError):
+            SFTConfig(**bad)
+    assert SFTConfig(lr_grid=(1e-5, 3e-5)).lrs == (1e-5, 3e-5) and SFTConfig(lr=2e-5).lrs == (2e-5,)
+
+
+def test_sft_and_eval_cli(tmp_path, capsys):
+    from medrlvr.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["sft", "--model", "tiny", "--train-data", "starter:train", "--max-steps", "2", "--batch-size", "4",
+               "--dev-limit", "4", "--lr", "1e-3", "--output", str(out), "--quiet"])
+    assert rc == 0 and (out / "final" / "config.json").exists()
+    assert "best lr 0.001" in capsys.readouterr().out
+    cfg = json.loads((out / "sft_config.json").read_text())
+    assert cfg["model"] == "tiny" and cfg["max_steps"] == 2
+    # eval accepts the run directory and loads its final/ model
+    rc = main(["eval", "--model", str(out), "--benchmarks", "starter:test", "--mode", "loglik", "--limit", "2",
+               "--output", str(tmp_path / "ev"), "--quiet", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["starter:test"]["n"] == 2
