@@ -5,7 +5,7 @@ pre-filled with <think>), at most 128 new tokens, temperature 1.0, no stop strin
 beta 0 (no reference model), one optimizer step per rollout, lr 1e-6, the paper's reward through
 `medrlvr.reward.make_trl_reward_func` for TRL. Seconds per step exclude the first (warm-up) step.
 
-    python bench/step_vs_trl.py [--steps 4] [--engine fast] [--dtype-mode bf16-autocast|fp32]
+    python bench/step_vs_trl.py [--steps 4] [--engine fast] [--dtype-mode auto|bf16-autocast|fp32]
 
 Prints seconds per step for each, the reward per step for each, and last the line
 `ratio=<ours / TRL>`.
@@ -85,13 +85,24 @@ def run_trl(args, workdir) -> tuple[list[float], list[float]]:
     return times, rewards
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--engine", default="fast", help="our rollout engine (fast or hf)")
-    p.add_argument("--dtype-mode", default="bf16-autocast", choices=["bf16-autocast", "fp32"],
-                   help="mixed precision for both: our bf16 autocast / TRL's bf16=True; or fp32 for both")
+    p.add_argument("--dtype-mode", default="auto", choices=["auto", "bf16-autocast", "fp32"],
+                   help="mixed precision for both: our bf16 autocast / TRL's bf16=True; or fp32 for both; "
+                        "auto = bf16-autocast where bf16 is native on this CPU/GPU, else fp32")
     args = p.parse_args(argv)
+    if args.dtype_mode == "auto":
+        from medrlvr.hardware import fast_bf16
+
+        args.dtype_mode = "bf16-autocast" if fast_bf16("cuda" if _cuda() else "cpu") else "fp32"
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     import torch

@@ -27,8 +27,10 @@ class TrainConfig:
     """``tiny`` (random, tests), ``smollm2-135m`` (embedded default), a local HF dir or a Hub id."""
     dtype: str = "fp32"
     """Dtype of the trained weights (fp32 or bf16). fp32 master weights are the safe default."""
-    autocast_bf16: bool = False
-    """Run training forward/backward under CPU/CUDA bf16 autocast (faster on AVX-512-BF16 CPUs)."""
+    autocast_bf16: bool | str = False
+    """Run training forward/backward under CPU/CUDA bf16 autocast: ``true``, ``false`` or ``auto`` (on only
+    where bf16 is native, :func:`medrlvr.hardware.fast_bf16`: CUDA sm80+, AVX512-BF16/AMX CPUs; on an
+    AVX2-only CPU bf16 matmuls are many times slower than fp32)."""
     lora: bool = False
     """Train a LoRA adapter (peft) instead of all weights; the reference is the adapter disabled."""
     lora_r: int = 16
@@ -139,6 +141,12 @@ class TrainConfig:
             bad("critic", "must be 'separate' or 'shared'")
         if self.dtype not in ("fp32", "bf16"):
             bad("dtype", "must be fp32 or bf16")
+        ab = self.autocast_bf16
+        if isinstance(ab, str):
+            low = ab.strip().lower()
+            if low not in ("auto", "true", "false"):
+                bad("autocast_bf16", f"must be true, false or auto, got {ab!r}")
+            self.autocast_bf16 = low if low == "auto" else low == "true"
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             bad("lr_schedule", "must be constant, linear or cosine")
         for k in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "micro_batch_size",
@@ -195,7 +203,7 @@ def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
             pass
     if isinstance(default, tuple) and isinstance(value, list):
         value = tuple(value)
-    if isinstance(default, bool) and not isinstance(value, bool):
+    if isinstance(default, bool) and not isinstance(value, bool) and "str" not in str(typ):
         raise ValueError(f"config '{key}': expected true/false, got {value!r}")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

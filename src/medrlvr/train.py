@@ -45,6 +45,7 @@ from .data import MCQ, load_any, shuffle_options
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
 from .reward import join_prefill, score
+from .hardware import fast_bf16
 from .rollout import SamplingParams, make_engine
 
 
@@ -178,6 +179,9 @@ class Trainer:
             model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
         self.policy = model
         self.policy.train()
+        dev = next(self.policy.parameters()).device
+        ab = cfg.autocast_bf16
+        self.use_autocast = fast_bf16(dev) if ab == "auto" else bool(ab)
         self.ref = make_reference(model) if cfg.kl_coef > 0 else None
         self.critic = make_critic(model, cfg.critic) if cfg.algo == "ppo" else None
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -271,7 +275,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- update
     def _autocast(self):
-        if self.cfg.autocast_bf16:
+        if self.use_autocast:
             dev = next(self.policy.parameters()).device.type
             return torch.autocast(device_type=dev, dtype=torch.bfloat16)
         return nullcontext()

@@ -1,0 +1,52 @@
+"""What the hardware does fast: one place that decides whether bf16 pays on this device.
+
+bf16 is a large win only where the hardware has native bf16 arithmetic: CUDA GPUs of compute capability
+8.0+ and x86 CPUs with AVX512-BF16 or AMX-BF16. Elsewhere PyTorch emulates it, and on a CPU without
+those instructions (e.g. an AVX2-only EPYC) a bf16 matmul was measured 20-65x *slower* than fp32
+(``python bench/bf16_vs_fp32.py``). Every "auto" dtype choice in medrlvr (training autocast, the fast
+rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` / ``=0`` overrides the detection.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (Linux); empty where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def fast_bf16(device: str | torch.device = "cpu") -> bool:
+    """True when bf16 matmuls are native (faster than fp32) on ``device``."""
+    env = os.environ.get("MEDRLVR_BF16", "").strip().lower()
+    if env in ("1", "true", "yes"):
+        return True
+    if env in ("0", "false", "no"):
+        return False
+    dev = torch.device(device).type
+    if dev == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev == "cpu" and platform.machine().lower() in ("x86_64", "amd64"):
+        return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+    return False
+
+
+def describe() -> str:
+    """One line for logs: the CPU capability torch sees and whether bf16 is native."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f"cpu {platform.machine()} {cap}, native bf16: {'yes' if fast_bf16('cpu') else 'no'}"
