@@ -1,0 +1,244 @@
+"""The ``fast`` rollout engine against transformers ``generate`` (the ``hf`` engine) and a plain forward.
+
+Tiny random models (SmolLM2 tokenizer): a Llama with head_dim 16 (PyTorch path) and small Llama / Qwen2
+models with head_dim 64 (the compiled-kernel path in bf16, when the CPU has AVX512-BF16).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from medrlvr.fast_rollout import FastEngine, UnsupportedModelError, load_kernels
+from medrlvr.models import make_tiny_model
+from medrlvr.rollout import ENGINES, SamplingParams, make_engine
+
+HEAD = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+        "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
+        "User: ")
+WORDS = ["the", "patient", "presents", "with", "fever", "cough", "and", "chest", "pain", "after", "a", "long",
+         "flight", "from", "abroad"]
+
+
+def mixed_prompts(k: int, shared_head: bool = False) -> list[str]:
+    out = []
+    for i in range(k):
+        body = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + (7 * i) % 23))
+        out.append((HEAD if shared_head else "") + f"Case {i}: {body}")
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny models are latency-bound, and the test machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ids_of(groups):
+    return [[c.token_ids for c in g] for g in groups]
+
+
+@pytest.fixture(scope="module")
+def llama(tokenizer):
+    m = make_tiny_model(seed=0, vocab_size=len(tokenizer))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def llama64(tokenizer):
+    m = make_tiny_model(seed=1, vocab_size=len(tokenizer), hidden=192, heads=3, kv_heads=1)
+    return m.eval()
+
+
+def tiny_qwen2(vocab: int, hidden: int = 64, heads: int = 4, kv_heads: int = 2, seed: int = 0):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = AutoModelForCausalLM.from_config(cfg)
+        with torch.no_grad():   # non-zero q/k/v biases, so the test exercises them
+            for layer in m.model.layers:
+                for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    p.bias.normal_(0, 0.5)
+    return m.eval()
+
+
+kernels_available = load_kernels() is not None
+needs_kernels = pytest.mark.skipif(not kernels_available, reason="fast-engine kernels need g++ and AVX512-BF16")
+
+
+# ----------------------------------------------------------------------------------- vs transformers
+def test_registered(llama, tokenizer):
+    assert "fast" in ENGINES
+    assert isinstance(make_engine("fast", llama, tokenizer, dtype="fp32"), FastEngine)
+
+
+def test_greedy_fp32_equals_generate(llama, tokenizer):
+    prompts = mixed_prompts(24)
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 10     # mixed lengths
+    params = SamplingParams(max_new_tokens=16, temperature=0.0, stop=())
+    ref = make_engine("hf", llama, tokenizer).generate(prompts, 1, params)
+    out = make_engine("fast", llama, tokenizer, dtype="fp32", batch_size=8).generate(prompts, 1, params)
+    assert ids_of(out) == ids_of(ref)
+    for g_out, g_ref in zip(out, ref):
+        assert g_out[0].text == g_ref[0].text
+        assert g_out[0].finish_reason == g_ref[0].finish_reason
+        assert g_out[0].prompt_ids == g_ref[0].prompt_ids
+
+
+def test_greedy_fp32_equals_generate_qwen2(tokenizer):
+    m = tiny_qwen2(len(tokenizer))
+    prompts = mixed_prompts(8)
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, stop=())
+    ref = make_engine("hf", m, tokenizer).generate(prompts, 1, params)
+    out = make_engine("fast", m, tokenizer, dtype="fp32").generate(prompts, 1, params)
+    assert ids_of(out) == ids_of(ref)
+
+
+def test_greedy_fp32_equals_generate_lora_and_live_weights(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model(seed=2, vocab_size=len(tokenizer))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model.eval()
+    prompts = mixed_prompts(6)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
+    hf, fast = make_engine("hf", model, tokenizer), make_engine("fast", model, tokenizer, dtype="fp32")
+    first = fast.generate(prompts, 1, params)
+    assert ids_of(first) == ids_of(hf.generate(prompts, 1, params))
+    with torch.no_grad():                       # an "optimizer step": the engine must see the new weights
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-3.0)
+    second = fast.generate(prompts, 1, params)
+    assert ids_of(second) == ids_of(hf.generate(prompts, 1, params))
+    assert ids_of(second) != ids_of(first)
+
+
+def test_eos_and_stop_strings_like_hf(llama, tokenizer):
+    prompts = mixed_prompts(6)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=())
+    free = make_engine("fast", llama, tokenizer, dtype="fp32").generate(prompts, 1, greedy)
+    # a stop string taken from the middle of one completion's text, and an "EOS" that the model emits
+    text = free[0][0].text
+    stop = text[len(text) // 3: len(text) // 3 + 4]
+    assert stop.strip()
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, stop=(stop,))
+    hf_out = make_engine("hf", llama, tokenizer).generate(prompts, 1, params)
+    fast_out = make_engine("fast", llama, tokenizer, dtype="fp32").generate(prompts, 1, params)
+    assert [(c.token_ids, c.text, c.finish_reason) for g in fast_out for c in g] == \
+        [(c.token_ids, c.text, c.finish_reason) for g in hf_out for c in g]
+    assert fast_out[0][0].finish_reason == "stop" and fast_out[0][0].text.endswith(stop)
+    assert len(fast_out[0][0].logprobs) == len(fast_out[0][0].token_ids)
+
+    eos_tok = free[1][0].token_ids[4]
+    gc = llama.generation_config
+    old = gc.eos_token_id
+    gc.eos_token_id = [2, eos_tok]
+    try:
+        hf_out = make_engine("hf", llama, tokenizer).generate(prompts, 1, greedy)
+        fast_out = make_engine("fast", llama, tokenizer, dtype="fp32").generate(prompts, 1, greedy)
+    finally:
+        gc.eos_token_id = old
+    assert [(c.token_ids, c.finish_reason) for g in fast_out for c in g] == \
+        [(c.token_ids, c.finish_reason) for g in hf_out for c in g]
+    assert fast_out[1][0].finish_reason == "eos" and fast_out[1][0].token_ids[-1] == eos_tok
+
+
+# ------------------------------------------------------------------------------- sampling, log-probs
+def forward_logprobs(model, c, temperature: float) -> torch.Tensor:
+    ids = torch.tensor([c.prompt_ids + c.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].float()
+    P = len(c.prompt_ids)
+    lp = torch.log_softmax(logits[P - 1:-1] / temperature, dim=-1)
+    return lp.gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("top_p,top_k", [(1.0, 0), (0.9, 20)])
+def test_logprobs_match_forward_fp32(llama, tokenizer, top_p, top_k):
+    params = SamplingParams(max_new_tokens=12, temperature=0.7, top_p=top_p, top_k=top_k, stop=(), seed=3)
+    out = make_engine("fast", llama, tokenizer, dtype="fp32").generate(mixed_prompts(3), 2, params)
+    for g in out:
+        for c in g:
+            assert len(c.logprobs) == len(c.token_ids)
+            ref = forward_logprobs(llama, c, params.temperature)
+            assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-3), (c.logprobs, ref)
+
+
+def test_seeded_sampling_and_groups(llama, tokenizer):
+    prompts = mixed_prompts(3)
+    eng = make_engine("fast", llama, tokenizer, dtype="fp32", batch_size=4)
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, stop=(), seed=11)
+    a, b = eng.generate(prompts, 4, p), eng.generate(prompts, 4, p)
+    c = eng.generate(prompts, 4, SamplingParams(max_new_tokens=10, temperature=1.0, stop=(), seed=12))
+    assert ids_of(a) == ids_of(b)
+    assert ids_of(a) != ids_of(c)
+    assert len(a) == 3 and all(len(g) == 4 for g in a)
+    for g, prompt in zip(a, prompts):
+        assert len({tuple(x.prompt_ids) for x in g}) == 1                 # n samples share the prompt
+        assert g[0].prompt_ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert len({tuple(x.token_ids) for x in g}) > 1                   # ... and differ when sampling
+
+
+def test_unsupported_model_raises(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    m = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(UnsupportedModelError, match="hf"):
+        make_engine("fast", m, tokenizer)
+    with pytest.raises(ValueError):
+        make_engine("fast", make_tiny_model(vocab_size=len(tokenizer)), tokenizer, dtype="int8")
+
+
+# --------------------------------------------------------------------------------- bf16 kernel path
+@needs_kernels
+def test_kernel_path_close_to_fp32(llama64, tokenizer):
+    prompts = mixed_prompts(10, shared_head=True)
+    eng = make_engine("fast", llama64, tokenizer, dtype="bf16", batch_size=8)
+    assert eng.uses_kernels
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=())
+    ref = make_engine("fast", llama64, tokenizer, dtype="fp32").generate(prompts, 1, greedy)
+    out = eng.generate(prompts, 1, greedy)
+    assert eng.last_stats["shared_prefix_tokens"] > 0                     # the template prefix was reused
+    agree = sum(len(os.path.commonprefix([a[0].token_ids, b[0].token_ids])) for a, b in zip(out, ref))
+    assert agree >= 0.8 * sum(len(a[0].token_ids) for a in ref)
+    params = SamplingParams(max_new_tokens=10, temperature=0.8, stop=(), seed=5)
+    out = eng.generate(prompts[:4], 3, params)
+    assert ids_of(out) == ids_of(eng.generate(prompts[:4], 3, params))
+    for g in out:
+        assert len({tuple(c.token_ids) for c in g}) > 1
+        for c in g:
+            ref_lp = forward_logprobs(llama64, c, params.temperature)
+            assert (torch.tensor(c.logprobs) - ref_lp).abs().max() < 0.05
+
+
+@needs_kernels
+def test_kernel_path_batch_invariant(llama64, tokenizer):
+    """Per-row arithmetic does not depend on the batch, refills or the prefix reuse: same greedy tokens."""
+    prompts = mixed_prompts(9, shared_head=True)
+    params = SamplingParams(max_new_tokens=14, temperature=0.0, stop=("the",))
+    big = make_engine("fast", llama64, tokenizer, batch_size=64).generate(prompts, 2, params)
+    small = make_engine("fast", llama64, tokenizer, batch_size=3)
+    small.min_shared_prefix = 10 ** 9
+    assert ids_of(small.generate(prompts, 2, params)) == ids_of(big)
+    assert small.last_stats["shared_prefix_tokens"] == 0
+
+
+@needs_kernels
+def test_kernel_path_qwen2_biases(tokenizer):
+    m = tiny_qwen2(len(tokenizer), hidden=128, heads=2, kv_heads=1, seed=4)
+    eng = make_engine("fast", m, tokenizer)
+    assert eng.uses_kernels
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, stop=(), seed=2)
+    for g in eng.generate(mixed_prompts(3), 2, params):
+        for c in g:
+            assert (torch.tensor(c.logprobs) - forward_logprobs(m, c, 1.0)).abs().max() < 0.05
