@@ -291,6 +291,29 @@ def test_composite_scheme(response, gold, expected):
     assert r.reward == expected
 
 
+@pytest.mark.parametrize(
+    "response, gold, expected, ok",
+    [
+        ("<think>x</think><answer>C</answer>", "C", 1.0, True),      # valid: the paper's reward
+        ("<think>x</think><answer>B</answer>", "C", 0.0, True),
+        ("<think>rambling without an end", "C", -1.0, False),       # only the opened think
+        ("no tags at all", "C", -1.0, False),
+        ("<think>x</think> so C", "C", -0.75, False),               # closed think
+        ("<think>x</think><answer>C", "C", -0.5, False),            # + answer opened, never closed
+        ("<think>x</think><answer></answer>", "C", -0.25, False),   # all tags, empty answer
+        ("<think>x</think><answer>C</answer><answer>D</answer>", "C", -0.25, False),  # two answers
+        ("</think><answer>C</answer>", "C", -1.0, False),           # tags out of order: no progress
+        ("<think>x<answer>C</answer>", "C", -1.0, False),           # answer before the think closes
+    ],
+)
+def test_shaped_scheme(response, gold, expected, ok):
+    r = score(response, gold, 4, scheme="shaped")
+    assert (r.reward, r.format_ok) == (expected, ok)
+    # never above a valid response, and the paper's verdict on the format is unchanged
+    assert r.format_ok == score(response, gold, 4, scheme="paper").format_ok
+    assert r.reward < 0 or r.format_ok
+
+
 def test_composite_custom_config():
     cfg = RewardConfig(penalty=0.25, penalized_flags=("empty_think", "trailing_text"))
     r = score("<think></think><answer>C</answer> bye", "C", 4, scheme="composite", config=cfg)

@@ -170,16 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=cmd_report)
 
-    import importlib
+    from . import compare, evaluate, sft
 
-    for mod in ("evaluate", "sft", "compare"):
-        try:
-            m = importlib.import_module(f"medrlvr.{mod}")
-        except ImportError as e:  # keep the rest of the CLI usable
-            if f"medrlvr.{mod}" not in str(e):
-                raise
-            continue
-        m.add_cli(sub)
+    for mod in (evaluate, sft, compare):
+        mod.add_cli(sub)
     return p
 
 

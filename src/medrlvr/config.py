@@ -68,6 +68,10 @@ class TrainConfig:
     top_p: float = 1.0
     stop: tuple[str, ...] = ("</answer>",)
 
+    share_prompt: bool = True
+    """Training forwards run each group's prompt once and its responses on the repeated KV cache
+    (:mod:`medrlvr.batching`): same log-probs and gradients, the prompt's FLOPs once per group."""
+
     # --- algorithm ----------------------------------------------------------------------------
     algo: str = "grpo"
     """``ppo`` (critic + GAE, the paper), ``grpo`` (Shao et al. 2024), ``dr_grpo`` (Liu et al. 2025), ``rloo``."""

@@ -711,7 +711,8 @@ def add_cli(subparsers):
     e.add_argument("--json", action="store_true", help="print results.json to stdout")
     e.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"], help="cot prompt template")
     e.add_argument("--no-prefill", action="store_true", help="cot: do not end the prompt with <think>")
-    e.add_argument("--engine", default="hf", help="rollout engine for cot/direct: hf, or fast when available")
+    e.add_argument("--engine", default="fast",
+                   help="rollout engine for cot/direct: fast (falls back to hf for unsupported models) or hf")
     e.add_argument("--shuffles", type=int, default=0, help="K seeded option orders per question (consistency)")
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     e.add_argument("--seed", type=int, default=0)

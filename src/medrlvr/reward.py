@@ -42,6 +42,11 @@ Schemes
 ``"composite"``
     The ``"paper"`` reward minus ``config.penalty`` for every raised flag listed
     in ``config.penalized_flags``, floored at -1.
+``"shaped"``
+    The ``"paper"`` reward, with partial credit for a bad format: -1 + 0.25 per
+    tag reached in order after ``<think>`` (``</think>``, ``<answer>``,
+    ``</answer>``), so -1 .. -0.25; valid responses keep 0 / +1. Gives a
+    gradient to a model that never produces the full format at first.
 
 More schemes can be added with :func:`register_scheme`.
 
@@ -81,6 +86,7 @@ __all__ = [
     "extract_letter",
     "detect_flags",
     "score",
+    "format_progress",
     "trl_reward_func",
     "make_trl_reward_func",
     "verl_compute_score",
@@ -632,6 +638,32 @@ def _scheme_composite(
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     n_pen = sum(1 for f in flags if f in config.penalized_flags)
     return max(-1.0, base - config.penalty * n_pen), ok
+
+
+def format_progress(parsed: Parsed) -> int:
+    """How far a response got through ``<think> ... </think> <answer> ... </answer>``, in order: 0..4
+    (an opened think, its close, an answer opening after it, the answer's close)."""
+    t = parsed.text
+    pos, done = 0, 0
+    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        i = t.find(tag, pos)
+        if i < 0:
+            break
+        pos, done = i + len(tag), done + 1
+    return done
+
+
+@register_scheme("shaped")
+def _scheme_shaped(*, parsed: Parsed, pred: str | None, gold: str, **_: Any) -> tuple[float, bool]:
+    """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
+    in order after ``<think>`` (so -1, -0.75, -0.5, -0.25). Every valid response still beats every invalid
+    one and the valid rewards are the paper's (0 / +1). For models that never produce the full format at
+    the start (a gated -1 for every sample gives GRPO zero advantage, nothing to learn); the format
+    reward of many R1-Zero reproductions (e.g. TinyZero's format score) serves the same purpose."""
+    base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
+    if ok:
+        return base, True
+    return -1.0 + 0.25 * max(0, min(3, format_progress(parsed) - 1)), False
 
 
 # --------------------------------------------------------------------------- #

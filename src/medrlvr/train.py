@@ -302,7 +302,8 @@ class Trainer:
             chunk = samples[s:s + mb]
             if not (need_old or cfg.kl_coef > 0 or self.critic is not None):
                 break
-            b = pack([x.prompt_ids for x in chunk], [x.token_ids for x in chunk], self.tok.pad_token_id)
+            b = pack([x.prompt_ids for x in chunk], [x.token_ids for x in chunk], self.tok.pad_token_id,
+                     share_prompt=cfg.share_prompt)
             with self._autocast():
                 if need_old:
                     old.append(response_logprobs(self.policy, b, cfg.temperature)[0].float())
@@ -357,12 +358,14 @@ class Trainer:
             perm = torch.randperm(N, generator=gen).tolist()
             for s in range(0, N, mb):
                 idx = perm[s:s + mb]
+                if cfg.share_prompt:  # whole groups per micro-batch: one prompt forward each (same gradient)
+                    idx = sorted(idx, key=lambda i: samples[i].group)
                 self.opt.zero_grad(set_to_none=True)
                 finite = True
                 for m in range(0, len(idx), micro):
                     sub = idx[m:m + micro]
                     b = pack([samples[i].prompt_ids for i in sub], [samples[i].token_ids for i in sub],
-                             self.tok.pad_token_id)
+                             self.tok.pad_token_id, share_prompt=cfg.share_prompt)
                     T = b.response_mask.shape[1]
                     sl = torch.tensor(sub)
                     with self._autocast():
