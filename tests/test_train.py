@@ -177,3 +177,15 @@ def test_config_overrides_from_strings():
     assert c.lr == 3e-5 and c.lora is True and c.stop == ("</answer>", "END") and c.dual_clip == 3.0
     with pytest.raises(FileNotFoundError):
         build_config("no-such-preset.yaml")
+
+
+def test_trainer_logs_engine_logprob_mismatch(tmp_path, monkeypatch):
+    """The trainer compares the fast engine's log-probs with its own forward before any update: in fp32
+    the engine samples from the trained distribution (mismatch < 1e-3). (The hf engine returns none.)"""
+    from medrlvr import fast_rollout
+
+    monkeypatch.setattr(fast_rollout, "auto_dtype", lambda model, kernels=None: "fp32")
+    t = Trainer(_cfg(engine="fast", max_steps=1, temperature=0.8), tmp_path, quiet=True, reward_fn=shaped)
+    rec = t.train_step()
+    assert "logprob_mismatch" in rec, rec
+    assert 0 <= rec["logprob_mismatch"] < 1e-3, rec["logprob_mismatch"]

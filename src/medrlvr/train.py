@@ -99,6 +99,7 @@ class Sample:
     finish_reason: str
     reward: float
     result: Any
+    engine_logprobs: list[float] | None = None   # per token, from the rollout engine (sampling policy)
 
 
 def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainConfig, group_offset: int = 0,
@@ -113,7 +114,7 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
             r = (reward_fn(resp, rec) if reward_fn is not None else
                  score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options))
             out.append(Sample(rec, prompt, group_offset + gi, c.prompt_ids, c.token_ids, c.text, resp,
-                              c.finish_reason, float(r.reward), r))
+                              c.finish_reason, float(r.reward), r, c.logprobs))
     return out
 
 
@@ -162,6 +163,19 @@ def _atomic_write_dir(final: Path, write) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def _engine_mismatch(lp: torch.Tensor, samples: list[Sample], mask: torch.Tensor) -> float | None:
+    """Mean |training log-prob - rollout-engine log-prob| over response tokens (None without engine
+    log-probs). A large value means the engine samples from another distribution than the one trained."""
+    if any(x.engine_logprobs is None or len(x.engine_logprobs) != len(x.token_ids) for x in samples):
+        return None
+    eng = torch.zeros_like(lp)
+    for j, x in enumerate(samples):
+        if x.token_ids:
+            eng[j, :len(x.token_ids)] = torch.tensor(x.engine_logprobs, dtype=lp.dtype)
+    n = float(mask.sum())
+    return float(((lp - eng).abs() * mask).sum() / n) if n else None
 
 
 class Trainer:
@@ -354,7 +368,7 @@ class Trainer:
         skipped = 0
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gen = torch.Generator().manual_seed(cfg.seed * 31 + self.step)
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(N, generator=gen).tolist()
             for s in range(0, N, mb):
                 idx = perm[s:s + mb]
@@ -374,6 +388,10 @@ class Trainer:
                         lp = lp.float()
                         vpred = response_values(self.critic, b).float() if self.critic is not None else None
                     mk = mask[sl, :T]
+                    if epoch == 0 and s == 0:   # no optimizer step yet: the policy is the sampling one
+                        mm = _engine_mismatch(lp.detach(), [samples[i] for i in sub], mk)
+                        if mm is not None:
+                            stats.setdefault("logprob_mismatch", []).append(mm)
                     old = old_lp[sl, :T] if old_lp is not None else lp.detach()
                     ploss, pm = algos.policy_loss(lp, old, adv[sl, :T], mk, clip_low=cfg.clip_low,
                                                   clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
