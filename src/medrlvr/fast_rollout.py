@@ -1196,8 +1196,9 @@ class FastEngine:
         return self._lin(W, "head", h, out_f32=True)
 
     @torch.no_grad()
-    def _decode_torch(self, tok, pos, t, plen, S, n, cache: _Cache) -> torch.Tensor:
-        """One decode step with PyTorch ops. Returns logits (S*n, V) in the engine dtype."""
+    def _decode_torch(self, tok, pos, t, plen, S, n, cache: _Cache, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode step with PyTorch ops over the dense slots ``[0, S)``. Returns logits in the engine
+        dtype: (S*n, V), or only for ``rows`` (the live ones: finished rows skip the LM head)."""
         W = self._w
         H, Hk, hd, G, P = self.H, self.Hk, self.hd, self.G, cache.P
         B = S * n
@@ -1234,6 +1235,8 @@ class FastEngine:
             h = self._rms(x, Lw["ln2"])
             gu = Lw["gu"](h)
             x = x + Lw["d"](F.silu(gu[:, :self.I]) * gu[:, self.I:])
+        if rows is not None and len(rows) < B:
+            x = x[rows]
         return W["head"](self._rms(x, W["norm"]))
 
     # ------------------------------------------------------------------------------------- sampling
@@ -1428,9 +1431,8 @@ class FastEngine:
                 Se = max(r // n for r in act) + 1     # dense over the slots up to the last live one
                 tb = t[:Se * n].clamp(max=Mnew - 1)   # finished rows idle in place until their slot is freed
                 pos = plen[:Se].repeat_interleave(n) + tb
-                logits = self._decode_torch(cur[:Se * n], pos, tb, plen[:Se], Se, n, cache)
                 act_t = torch.tensor(act, dtype=torch.long)
-                logits = logits[act_t]
+                logits = self._decode_torch(cur[:Se * n], pos, tb, plen[:Se], Se, n, cache, rows=act_t)
             tk, lp = self._sample(logits, params, gen)
             tl, ll = tk.tolist(), lp.tolist()
             cur[act_t] = tk
