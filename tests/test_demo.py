@@ -22,4 +22,6 @@ def test_demo_plumbing_tiny(tmp_path):
         assert r[bench]["n"] == 4 and len(r[bench]["ci95"]) == 2
     assert (out / "report.html").exists() or (out / "report" / "report.html").exists()
     assert (out / "final" / "model.safetensors").exists()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2]      # step 0: the evaluation before training
+    assert lines[0]["eval_accuracy"] == s["before"]["accuracy"] and lines[0]["eval_n"] == 4

@@ -47,6 +47,9 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     print(f"[demo] evaluating {cfg.model} on {len(trainer.eval_records)} held-out questions ({cfg.eval_data})")
     before = trainer.evaluate(details=True)
     print(f"[demo] before: accuracy {before['eval_accuracy']:.3f}, format-valid {before['eval_format_valid']:.3f}")
+    # step 0 in metrics.jsonl, so the report's accuracy curve starts from the untrained model
+    trainer._log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
+                                                        "eval_n")})
     history = trainer.train()
     after = trainer.evaluate(details=True)
     print(f"[demo] after:  accuracy {after['eval_accuracy']:.3f}, format-valid {after['eval_format_valid']:.3f}")
