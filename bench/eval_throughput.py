@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--cot-limit", type=int, default=8)
     p.add_argument("--cot-max-new-tokens", type=int, default=256)
     p.add_argument("--cot-batch", type=int, default=8)
-    p.add_argument("--engine", default="hf")
+    p.add_argument("--engine", default="fast")
     p.add_argument("--skip-loglik", action="store_true")
     p.add_argument("--skip-cot", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the numbers to this JSON file")

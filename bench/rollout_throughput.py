@@ -5,7 +5,8 @@ R1-Zero template, 4 samples each, 256 new tokens with ``ignore_eos=True`` and no
 completion has the same length. Both engines run in the same process after a short warm-up call each:
 fast, hf, fast again (the machine may be shared, so the fast engine's rate is the mean of the runs
 around the hf one). Times include everything ``generate`` does (weight snapshot, prefill, decode,
-detokenisation). Prints new tokens per second for each run and, last,
+detokenisation). First, a greedy check: fp32 fast engine vs ``generate`` on 20 starter questions
+(identical tokens expected). Prints new tokens per second for each run and, last,
 ``tokens_per_s=<fast> speedup=<fast / hf>``.
 
     python bench/rollout_throughput.py [--prompts 8] [--n 4] [--max-new-tokens 256] [--dtype auto|bf16|fp32]
@@ -44,6 +45,20 @@ def run(engine, prompts, n, params) -> tuple[float, int]:
     return dt, ntok
 
 
+def greedy_check(model, tok, args) -> None:
+    """Greedy fp32 decoding, fast engine vs transformers generate, on starter questions of mixed lengths."""
+    from medrlvr.data import load_starter
+
+    recs = load_starter("all").records[: args.greedy_check]
+    prompts = [render(r, "r1-zero") for r in recs]
+    p = SamplingParams(max_new_tokens=args.greedy_tokens, temperature=0.0, stop=(), seed=0)
+    ref = [g[0].token_ids for g in make_engine("hf", model, tok).generate(prompts, 1, p)]
+    got = [g[0].token_ids for g in make_engine("fast", model, tok, dtype="fp32").generate(prompts, 1, p)]
+    same = sum(a == b for a, b in zip(ref, got))
+    print(f"greedy check (fp32, {len(prompts)} prompts x {args.greedy_tokens} tokens): fast == generate on "
+          f"{same}/{len(prompts)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
@@ -55,6 +70,8 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true", help="only time the fast engine (no speedup)")
     ap.add_argument("--hf-max-new-tokens", type=int, default=0,
                     help="time hf on fewer new tokens (quicker; its rate is then optimistic); 0 = same")
+    ap.add_argument("--greedy-check", type=int, default=20, help="prompts for the greedy fp32 check (0 = skip)")
+    ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--data-root", default=str(ROOT / ".." / "shared" / "data"))
     args = ap.parse_args()
     if args.threads:
@@ -83,6 +100,8 @@ def main() -> None:
               f"{st.get('kernel_threads', '-')}; peak RSS so far {peak_rss_mb():.0f} MB", flush=True)
         return ntok / dt
 
+    if args.greedy_check:
+        greedy_check(model, tok, args)
     tps = [time_fast("run 1")]
     if args.skip_hf:
         print(f"tokens_per_s={tps[0]:.1f} speedup=nan")

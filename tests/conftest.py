@@ -20,3 +20,15 @@ def tokenizer():
     from medrlvr.models import load_tokenizer
 
     return load_tokenizer("tiny")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two OpenMP threads competing with other processes are
+    many times slower than one (measured 3 s vs 0.06 s per tiny SFT step under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

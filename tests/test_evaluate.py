@@ -20,14 +20,7 @@ from medrlvr.prompts import render
 from medrlvr.rollout import Completion, make_engine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, two OpenMP threads competing with other processes are
-    many times slower than one (measured 3 s vs 0.06 s per tiny SFT step under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXTS = ["Aspirin", "Heparin", "Warfarin", "Clopidogrel", "Alteplase"]

@@ -14,14 +14,7 @@ from medrlvr.models import load_policy
 from medrlvr.sft import SFTConfig, answer_loss, example_ids, sft, split_train_dev
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, two OpenMP threads competing with other processes are
-    many times slower than one (measured 3 s vs 0.06 s per tiny SFT step under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shares_the_trainers_data_plumbing(tokenizer):
