@@ -296,6 +296,7 @@ def test_composite_scheme(response, gold, expected):
     [
         ("<think>x</think><answer>C</answer>", "C", 1.0, True),      # valid: the paper's reward
         ("<think>x</think><answer>B</answer>", "C", 0.0, True),
+        ("<think>x here</think> <answer> answer here </answer>", "C", -0.1, True),  # valid, but no letter
         ("<think>rambling without an end", "C", -1.0, False),       # only the opened think
         ("no tags at all", "C", -1.0, False),
         ("<think>x</think> so C", "C", -0.75, False),               # closed think

@@ -45,8 +45,9 @@ Schemes
 ``"shaped"``
     The ``"paper"`` reward, with partial credit for a bad format: -1 + 0.25 per
     tag reached in order after ``<think>`` (``</think>``, ``<answer>``,
-    ``</answer>``), so -1 .. -0.25; valid responses keep 0 / +1. Gives a
-    gradient to a model that never produces the full format at first.
+    ``</answer>``), so -1 .. -0.25; valid responses keep 0 / +1, but -0.1
+    when the answer holds no option letter. Gives a gradient to a model that
+    never produces the full format at first, and a reason to name a letter.
 
 More schemes can be added with :func:`register_scheme`.
 
@@ -653,16 +654,23 @@ def format_progress(parsed: Parsed) -> int:
     return done
 
 
+SHAPED_NO_LETTER = -0.1
+"""``shaped``: a well-formed response whose answer holds no option letter (e.g. the template's own
+``<answer> answer here </answer>``, which SmolLM2 learned to copy under the paper's reward, where it scores
+0 like a wrong letter). Between the invalid band (<= -0.25) and a wrong letter (0)."""
+
+
 @register_scheme("shaped")
 def _scheme_shaped(*, parsed: Parsed, pred: str | None, gold: str, **_: Any) -> tuple[float, bool]:
     """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
     in order after ``<think>`` (so -1, -0.75, -0.5, -0.25). Every valid response still beats every invalid
-    one and the valid rewards are the paper's (0 / +1). For models that never produce the full format at
+    one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
+    (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models that never produce the full format at
     the start (a gated -1 for every sample gives GRPO zero advantage, nothing to learn); the format
     reward of many R1-Zero reproductions (e.g. TinyZero's format score) serves the same purpose."""
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     if ok:
-        return base, True
+        return (SHAPED_NO_LETTER if pred is None else base), True
     return -1.0 + 0.25 * max(0, min(3, format_progress(parsed) - 1)), False
 
 
