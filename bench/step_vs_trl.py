@@ -85,12 +85,6 @@ def run_trl(args, workdir) -> tuple[list[float], list[float]]:
     return times, rewards
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=4)
@@ -99,13 +93,14 @@ def main(argv=None) -> int:
                    help="mixed precision for both: our bf16 autocast / TRL's bf16=True; or fp32 for both; "
                         "auto = bf16-autocast where bf16 is native on this CPU/GPU, else fp32")
     args = p.parse_args(argv)
-    if args.dtype_mode == "auto":
-        from medrlvr.hardware import fast_bf16
-
-        args.dtype_mode = "bf16-autocast" if fast_bf16("cuda" if _cuda() else "cpu") else "fp32"
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     import torch
+
+    if args.dtype_mode == "auto":
+        from medrlvr.hardware import fast_bf16
+
+        args.dtype_mode = "bf16-autocast" if fast_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "
           f"engine {args.engine}, {args.dtype_mode}", flush=True)

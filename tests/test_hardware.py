@@ -35,3 +35,13 @@ def test_autocast_auto_follows_the_hardware(tmp_path, monkeypatch):
 def test_autocast_bad_value(value):
     with pytest.raises(ValueError, match="autocast_bf16"):
         build_config("tiny", {"autocast_bf16": value})
+
+
+def test_fast_engine_auto_dtype_follows_the_same_decision(monkeypatch):
+    from medrlvr.fast_rollout import auto_dtype
+    from medrlvr.models import load_policy
+
+    model, _ = load_policy("tiny", seed=0)
+    for env, want in (("0", "fp32"), ("1", "bf16")):
+        monkeypatch.setenv("MEDRLVR_BF16", env)
+        assert auto_dtype(model) == want

@@ -184,7 +184,7 @@ def test_trainer_logs_engine_logprob_mismatch(tmp_path, monkeypatch):
     the engine samples from the trained distribution (mismatch < 1e-3). (The hf engine returns none.)"""
     from medrlvr import fast_rollout
 
-    monkeypatch.setattr(fast_rollout, "auto_dtype", lambda model, kernels=None: "fp32")
+    monkeypatch.setattr(fast_rollout, "auto_dtype", lambda model: "fp32")
     t = Trainer(_cfg(engine="fast", max_steps=1, temperature=0.8), tmp_path, quiet=True, reward_fn=shaped)
     rec = t.train_step()
     assert "logprob_mismatch" in rec, rec

@@ -15,6 +15,8 @@ group instead of once per sample.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -73,11 +75,10 @@ def _split_lm(model):
     return base.model, base.lm_head
 
 
-def _cache_kwarg(trunk) -> str:
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(trunk_cls: type) -> str:
     """``cache`` (transformers >= 5.24) or ``past_key_values`` (older), whichever ``forward`` takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(trunk_cls.forward).parameters else "past_key_values"
 
 
 def _shared_prompt_hidden(trunk, batch: PackedBatch) -> torch.Tensor:
@@ -92,8 +93,8 @@ def _shared_prompt_hidden(trunk, batch: PackedBatch) -> torch.Tensor:
     for prompt, rows in groups.items():
         P, k = len(prompt), len(rows)
         po = trunk(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
-        first = po.last_hidden_state[:, -1:]
-        cache = getattr(po, "cache", None) or po.past_key_values                      # predicts response token 0
+        first = po.last_hidden_state[:, -1:]                      # predicts response token 0
+        cache = getattr(po, "cache", None) or po.past_key_values
         R = max(len(batch.responses[i]) for i in rows)
         if R <= 1:
             h = first.expand(k, 1, -1)
@@ -108,7 +109,8 @@ def _shared_prompt_hidden(trunk, batch: PackedBatch) -> torch.Tensor:
                     ids[j, :len(r)] = torch.tensor(r, dtype=torch.long, device=dev)
                     att[j, P:P + len(r)] = 1
             pos = torch.arange(P, P + R - 1, device=dev).unsqueeze(0).expand(k, -1)
-            ro = trunk(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, **{_cache_kwarg(trunk): cache})
+            ro = trunk(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True,
+                       **{_cache_kwarg(type(trunk)): cache})
             h = torch.cat([first.expand(k, 1, -1), ro.last_hidden_state], dim=1)
         if h.shape[1] < Tr:
             h = torch.nn.functional.pad(h, (0, 0, 0, Tr - h.shape[1]))

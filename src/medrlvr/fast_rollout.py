@@ -852,17 +852,13 @@ class _Cache:
 
 
 
-def auto_dtype(model, kernels: bool | None = None) -> str:
-    """``"bf16"`` where bf16 is native for ``model``'s device (CUDA sm80+, or a CPU on which the AVX512-BF16
-    kernels build), else ``"fp32"``: on an AVX2-only CPU PyTorch's emulated bf16 is far slower than fp32."""
+def auto_dtype(model) -> str:
+    """``"bf16"`` where bf16 is native for ``model``'s device (:func:`medrlvr.hardware.fast_bf16`: CUDA sm80+,
+    AVX512-BF16/AMX CPUs, where the C++ kernels or oneDNN run it), else ``"fp32"``: on an AVX2-only CPU
+    PyTorch's emulated bf16 is far slower than fp32."""
     from .hardware import fast_bf16
 
-    dev = next(model.parameters()).device
-    if dev.type == "cpu":
-        if os.environ.get("MEDRLVR_BF16", "").strip().lower() in ("1", "true", "yes"):
-            return "bf16"
-        return "bf16" if kernels is not False and load_kernels() is not None else "fp32"
-    return "bf16" if fast_bf16(dev) else "fp32"
+    return "bf16" if fast_bf16(next(model.parameters()).device) else "fp32"
 
 
 # -------------------------------------------------------------------------------------------- engine
@@ -870,23 +866,23 @@ def auto_dtype(model, kernels: bool | None = None) -> str:
 class FastEngine:
     """Fast batched sampling for Llama / Qwen2 policies; see the module docstring.
 
-    ``dtype``: ``"auto"`` (default: ``bf16`` where it is native, i.e. the C++ kernels build on this CPU or
-    a CUDA GPU supports bf16, else ``fp32``; see :func:`auto_dtype`), ``"bf16"`` or ``"fp32"`` (PyTorch
+    ``dtype``: ``"auto"`` (default: ``bf16`` where it is native, else ``fp32``; see :func:`auto_dtype`), ``"bf16"`` or ``"fp32"`` (PyTorch
     ops, the arithmetic of transformers: greedy decoding gives the tokens of ``generate``). ``batch_size``: most
     rows decoded together; the ``n`` samples of a prompt share one slot of ``n`` rows. ``kernels``:
     use the compiled kernels (``None`` = when they build and ``dtype`` is bf16; ``True`` = fail
     otherwise). ``prepack``: PyTorch path, pre-pack the weights for oneDNN once per call
     (``None`` = on CPU when oneDNN is available: 1.3x the fp32 decode speed measured on an AVX2 CPU, and
     greedy tokens still equal ``generate``'s, 20 of 20 SmolLM2 prompts in ``bench/rollout_throughput.py``).
-    ``num_threads``: kernel threads; ``None`` = choose between torch's thread count and 1 by measured speed. After each call :attr:`last_stats` holds counters (prefill
-    tokens, reused prefix tokens, decode steps, kernel threads).
+    ``num_threads``: kernel threads; ``None`` = choose between torch's thread count and 1 by measured speed.
+    After each call :attr:`last_stats` holds counters (prefill tokens, reused prefix tokens, decode steps,
+    kernel threads).
     """
 
     def __init__(self, model, tokenizer, dtype: str = "auto", batch_size: int = 32, kernels: bool | None = None,
                  prepack: bool | None = None, num_threads: int | None = None):
         check_supported(model)
         if dtype == "auto":
-            dtype = auto_dtype(model, kernels)
+            dtype = auto_dtype(model)
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.model, self.tok = model, tokenizer

@@ -656,8 +656,9 @@ def format_progress(parsed: Parsed) -> int:
 
 SHAPED_NO_LETTER = -0.1
 """``shaped``: a well-formed response whose answer holds no option letter (e.g. the template's own
-``<answer> answer here </answer>``, which SmolLM2 learned to copy under the paper's reward, where it scores
-0 like a wrong letter). Between the invalid band (<= -0.25) and a wrong letter (0)."""
+``<answer> answer here </answer>``, which SmolLM2 learned to copy in a demo run while such an answer scored
+0 like a wrong letter, as under the paper's reward). Between the invalid band (<= -0.25) and a wrong
+letter (0)."""
 
 
 @register_scheme("shaped")
@@ -665,9 +666,10 @@ def _scheme_shaped(*, parsed: Parsed, pred: str | None, gold: str, **_: Any) -> 
     """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
     in order after ``<think>`` (so -1, -0.75, -0.5, -0.25). Every valid response still beats every invalid
     one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
-    (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models that never produce the full format at
-    the start (a gated -1 for every sample gives GRPO zero advantage, nothing to learn); the format
-    reward of many R1-Zero reproductions (e.g. TinyZero's format score) serves the same purpose."""
+    (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models
+    that never produce the full format at the start (a gated -1 for every sample gives GRPO zero
+    advantage, nothing to learn); the format reward of many R1-Zero reproductions (e.g. TinyZero's
+    format score) serves the same purpose."""
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     if ok:
         return (SHAPED_NO_LETTER if pred is None else base), True

@@ -42,10 +42,10 @@ from . import algos
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
+from .hardware import fast_bf16
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
 from .reward import join_prefill, score
-from .hardware import fast_bf16
 from .rollout import SamplingParams, make_engine
 
 
