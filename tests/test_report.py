@@ -21,7 +21,7 @@ from medrlvr.reward import score
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stage_labels.jsonl"
 CHROMIUM = Path("/usr/bin/chromium")
-CHART_NAMES = ("accuracy_length.png", "training_metrics.png", "stages.png", "hacking.png")
+CHART_NAMES = ("accuracy_length.png", "training_metrics.png", "stages.png", "hacking.png", "letters.png")
 # stage the synthetic run is in at each step (the paper's order)
 SCHEDULE = {
     1: "format_failure",
@@ -206,8 +206,10 @@ def test_report_on_empty_run_and_single_step(tmp_path, capsys):
     (one / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval_accuracy": 0.3, "response_chars": 50.0}) + "\n")
     out = build_report(one, out=tmp_path / "elsewhere" / "r.html", quiet=True)
     assert out == tmp_path / "elsewhere" / "r.html" and out.is_file()
-    for name in ("accuracy_length.png", "stages.png", "hacking.png"):
+    for name in ("accuracy_length.png", "stages.png", "hacking.png", "letters.png"):
         assert (tmp_path / "elsewhere" / name).is_file(), name
+    assert "Step 0: 1 of 1 samples give a letter; C is 100% of them, while 100% of their gold answers are C." in (
+        out.read_text(encoding="utf-8"))
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path / "nope")
 

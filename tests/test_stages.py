@@ -372,3 +372,30 @@ def test_precomputed_features_give_the_same_results():
         hacking_rates(samples, feats=feats[:-1])
     with pytest.raises(ValueError):
         classify_samples(samples, feats=feats[:-1])
+
+
+def test_letter_distribution_shows_a_position_hack():
+    from medrlvr.analysis import letter_distribution
+
+    rows = []
+    golds = "ABCD" * 2
+    for i, g in enumerate(golds):          # step 1: answers spread like the golds
+        rows.append({"step": 1, "pred": g, "gold": g})
+    for i, g in enumerate(golds):          # step 2: always D, whatever the gold
+        rows.append({"step": 2, "pred": "D", "gold": g})
+    rows.append({"step": 2, "pred": None, "gold": "A"})                  # no letter: counted in n only
+    rows.append({"step": 3, "response": "<think>so C</think><answer>C</answer>", "gold": "B", "n_options": 4})
+    rows.append({"step": 3, "response": "<think>no format", "gold": "A", "n_options": 4})
+    d = letter_distribution(rows, sample_features(rows))
+    assert list(d) == [1, 2, 3]
+    assert d[1]["answered"] == 8 and d[1]["pred"] == {L: 0.25 for L in "ABCD"} and d[1]["top"] == "A"
+    assert d[1]["top_share"] == 0.25 and d[1]["gold_top_share"] == 0.25
+    assert d[2]["n"] == 9 and d[2]["answered"] == 8 and d[2]["pred"] == {"D": 1.0}
+    assert d[2]["top"] == "D" and d[2]["top_share"] == 1.0 and d[2]["gold_top_share"] == 0.25
+    assert d[2]["gold"] == {L: 0.25 for L in "ABCD"}
+    # no recorded pred: the letter parsed from the well-formed response; the malformed one has none
+    assert d[3]["n"] == 2 and d[3]["answered"] == 1 and d[3]["pred"] == {"C": 1.0} and d[3]["gold_top_share"] == 0.0
+    # without features only recorded preds count
+    assert letter_distribution(rows)[3]["answered"] == 0
+    with pytest.raises(ValueError):
+        letter_distribution(rows, sample_features(rows)[:2])

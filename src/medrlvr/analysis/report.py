@@ -43,6 +43,7 @@ from medrlvr.analysis.stages import (
     StageConfig,
     classify_samples,
     hacking_rates,
+    letter_distribution,
     sample_features,
     sample_response,
     segments,
@@ -323,6 +324,49 @@ def _plot_hacking(rates, out: Path) -> Path:
     return _save(fig, out)
 
 
+def _plot_letters(letters, out: Path) -> Path | None:
+    """Stacked share of each predicted option letter per step (answered samples only), with the gold
+    share of the most predicted letter as a dashed line: a band that grows while its gold share stays
+    flat is a position hack."""
+    steps = [s for s in sorted(letters) if letters[s]["answered"]]
+    if not steps:
+        return None
+    used = sorted({L for s in steps for L in letters[s]["pred"]})
+    fig = _new_figure(9.5, 3.6)
+    ax = fig.add_subplot(111)
+    x = list(range(len(steps)))
+    bottom = [0.0] * len(steps)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for j, L in enumerate(used):
+        y = [letters[s]["pred"].get(L, 0.0) for s in steps]
+        ax.bar(x, y, bottom=bottom, width=0.7, color=cmap(j % 10), label=f"answers {L}")
+        bottom = [b + v for b, v in zip(bottom, y)]
+    ax.plot(x, [letters[s]["gold_top_share"] for s in steps], "k--o", ms=3, lw=1.2,
+            label="gold share of the most\nanswered letter")
+    for xi, s in zip(x, steps):
+        ax.text(xi, 1.01, str(letters[s]["answered"]), ha="center", va="bottom", fontsize=7, color="#555")
+    ax.set_xticks(x, [str(s) for s in steps], fontsize=8 if len(steps) <= 30 else 6)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("training step (number above a bar: samples with a letter)")
+    ax.set_ylabel("share of answered samples")
+    ax.set_title("Predicted option letters (position bias)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, out)
+
+
+def _letters_summary(letters) -> str:
+    """One sentence on the last step with answers: its most predicted letter and that letter's gold share."""
+    steps = [s for s in sorted(letters) if letters[s]["answered"]]
+    if not steps:
+        return "No sample has a predicted letter (no well-formed answer)."
+    d = letters[steps[-1]]
+    return (f"Step {steps[-1]}: {d['answered']} of {d['n']} samples give a letter; "
+            f"{d['top']} is {d['top_share']:.0%} of them, while {d['gold_top_share']:.0%} of their gold answers "
+            f"are {d['top']}.")
+
+
 # --------------------------------------------------------------------------- #
 # HTML
 # --------------------------------------------------------------------------- #
@@ -576,6 +620,7 @@ def build_report(
     stages = classify_samples(samples, cfg, feats=feats)
     dist = stage_distribution(samples, cfg, stages) if samples else {}
     rates = hacking_rates(samples, cfg, feats=feats) if samples else {}
+    letters = letter_distribution(samples, feats) if samples else {}
 
     # charts (stale PNGs from an earlier report are removed first)
     names = {
@@ -583,6 +628,7 @@ def build_report(
         "train": "training_metrics.png",
         "stages": "stages.png",
         "hack": "hacking.png",
+        "letters": "letters.png",
     }
     for n in names.values():
         (out_dir / n).unlink(missing_ok=True)
@@ -591,6 +637,7 @@ def build_report(
         "train": _plot_training(metrics, out_dir / names["train"], notes),
         "stages": _plot_stages(dist, out_dir / names["stages"]) if dist else None,
         "hack": _plot_hacking(rates, out_dir / names["hack"]) if rates else None,
+        "letters": _plot_letters(letters, out_dir / names["letters"]) if letters else None,
     }
     if not dist:
         notes.append("stage distribution and hacking-rate charts: no samples")
@@ -637,6 +684,11 @@ def build_report(
     parts.append(_img(charts["stages"], "stage distribution vs step") if charts["stages"] else "<p>(no samples)</p>")
     parts.append("<h2>Reward hacking</h2>")
     parts.append(_img(charts["hack"], "hacking rates vs step") if charts["hack"] else "<p>(no samples)</p>")
+    parts.append("<h2>Position bias</h2>")
+    if letters:
+        parts.append(f'<p class="meta">{_E(_letters_summary(letters))}</p>')
+    parts.append(_img(charts["letters"], "predicted option letters vs step") if charts["letters"]
+                 else "<p>(no samples with a predicted letter)</p>")
     parts.append("<h2>Evaluation</h2>")
     parts.append(eval_html or "<p>(no results.json)</p>")
     parts.append("<h2>Samples</h2>")

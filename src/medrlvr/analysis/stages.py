@@ -116,6 +116,7 @@ __all__ = [
     "classify_samples",
     "features",
     "hacking_rates",
+    "letter_distribution",
     "sample_features",
     "sample_response",
     "segments",
@@ -840,4 +841,61 @@ def segments(response: str, prefill: str = THINK_OPEN) -> list[tuple[str, str]]:
     put("answer", text[i:ca])
     put("tag", ANSWER_CLOSE)
     put("after", text[ca + len(ANSWER_CLOSE) :])
+    return out
+
+
+def letter_distribution(
+    samples: Iterable[Mapping[str, Any]],
+    feats: list[Mapping[str, Any]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Predicted vs gold option letters per training step: the position-bias view of a run.
+
+    A policy that learns "always answer D" scores the share of D among the gold answers, which the
+    reward cannot tell from knowledge; with option shuffling in training (``shuffle_options``) the
+    gold letters are near uniform, so one letter taking most answers is a position hack.
+
+    The predicted letter of a row is its recorded ``pred`` (what the reward scored) or, without one,
+    the letter :func:`features` parses from a well-formed response (``feats``: precomputed
+    :func:`sample_features` of the same rows). Rows without a predicted letter count in ``n`` only.
+
+    Returns:
+        ``{step: {"n": rows, "answered": rows with a letter, "pred": {letter: share of answered},
+        "gold": {letter: share among the answered rows' golds}, "top": most predicted letter or None,
+        "top_share": its share, "gold_top_share": the gold share of that letter}}``, letters in order.
+    """
+    samples = list(samples)
+    if feats is not None and len(feats) != len(samples):
+        raise ValueError(f"got {len(feats)} feature dicts for {len(samples)} samples")
+    totals: Counter[int] = Counter()
+    preds: dict[int, Counter[str]] = defaultdict(Counter)
+    golds: dict[int, Counter[str]] = defaultdict(Counter)
+    for i, s in enumerate(samples):
+        step = _step_of(s)
+        totals[step] += 1
+        pred = s.get("pred")
+        if not (isinstance(pred, str) and len(pred) == 1 and pred in LETTERS):
+            pred = None
+            if feats is not None and feats[i].get("format_ok"):
+                fp = feats[i].get("pred")
+                pred = fp if isinstance(fp, str) and len(fp) == 1 and fp in LETTERS else None
+        if pred is None:
+            continue
+        preds[step][pred] += 1
+        gold = s.get("gold")
+        if isinstance(gold, str) and len(gold) == 1 and gold in LETTERS:
+            golds[step][gold] += 1
+    out: dict[int, dict[str, Any]] = {}
+    for step in sorted(totals):
+        pc, gc = preds[step], golds[step]
+        k, kg = sum(pc.values()), sum(gc.values())
+        top = min(pc, key=lambda L: (-pc[L], L)) if pc else None
+        out[step] = {
+            "n": totals[step],
+            "answered": k,
+            "pred": {L: pc[L] / k for L in sorted(pc)},
+            "gold": {L: gc[L] / kg for L in sorted(gc)} if kg else {},
+            "top": top,
+            "top_share": pc[top] / k if top else 0.0,
+            "gold_top_share": (gc[top] / kg if kg else 0.0) if top else 0.0,
+        }
     return out
