@@ -2,10 +2,17 @@
 
 Same setting for both: 2 prompts x 4 generations per step (starter train questions, R1-Zero prompt
 pre-filled with <think>), at most 128 new tokens, temperature 1.0, no stop string (both stop at EOS),
-beta 0 (no reference model), one optimizer step per rollout, lr 1e-6, the paper's reward through
-`medrlvr.reward.make_trl_reward_func` for TRL. Seconds per step exclude the first (warm-up) step.
+beta 0 (no reference model), one optimizer step per rollout, a constant lr of 1e-6 (``--lr``; TRL's
+default linear decay is set to constant, as ours), the paper's reward (``--reward``; TRL gets the same
+scheme through `medrlvr.reward.make_trl_reward_func`). Seconds per step
+exclude the first (warm-up) step.
 
     python bench/step_vs_trl.py [--steps 4] [--engine fast] [--dtype-mode auto|bf16-autocast|fp32]
+                                [--reward paper|shaped|...] [--lr 1e-6]
+
+The paper's reward is -1 for every sample of this untrained model (no well-formed answer), so its
+reward curves are flat for both; ``--reward shaped --lr 5e-5 --steps 10`` gives curves with signal to
+compare (the reward mean per step of each, and their mean and spread over the steps).
 
 Prints seconds per step for each, the reward per step for each, and last the line
 `ratio=<ours / TRL>`.
@@ -28,7 +35,8 @@ def run_ours(args, workdir) -> tuple[list[float], list[float]]:
     from medrlvr.train import Trainer
 
     ov = {"model": "smollm2-135m", "algo": "grpo", "prompts_per_step": 2, "samples_per_prompt": 4,
-          "max_new_tokens": 128, "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": 1e-6,
+          "max_new_tokens": 128, "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": args.lr,
+          "reward_scheme": args.reward,
           "micro_batch_size": 8, "max_steps": args.steps, "eval_every": 0, "save_every": 0, "engine": args.engine,
           "autocast_bf16": args.dtype_mode == "bf16-autocast", "train_data": "starter:train", "eval_limit": 1,
           "shuffle_options": False, "loss_agg": "token-mean"}
@@ -72,14 +80,17 @@ def run_trl(args, workdir) -> tuple[list[float], list[float]]:
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "reward" in logs:
                 rewards.append(float(logs["reward"]))
-                print(f"  TRL step {len(times)}: {times[-1]:.2f} s  reward {logs['reward']:+.3f}", flush=True)
+                ln = logs.get("completions/mean_length")
+                print(f"  TRL step {len(times)}: {times[-1]:.2f} s  reward {logs['reward']:+.3f}"
+                      + (f"  tokens {float(ln):.0f}/sample" if ln is not None else ""), flush=True)
 
     conf = GRPOConfig(output_dir=os.path.join(workdir, "trl"), per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=128, temperature=1.0, beta=0.0, learning_rate=1e-6,
+                      max_completion_length=128, temperature=1.0, beta=0.0, learning_rate=args.lr,
+                      lr_scheduler_type="constant",
                       max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", seed=0,
                       use_cpu=not torch.cuda.is_available(), bf16=args.dtype_mode == "bf16-autocast",
                       shuffle_dataset=False, disable_tqdm=True)
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=make_trl_reward_func(), args=conf,
+    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=make_trl_reward_func(args.reward), args=conf,
                           train_dataset=ds, callbacks=[Timer()])
     trainer.train()
     return times, rewards
@@ -92,7 +103,13 @@ def main(argv=None) -> int:
     p.add_argument("--dtype-mode", default="auto", choices=["auto", "bf16-autocast", "fp32"],
                    help="mixed precision for both: our bf16 autocast / TRL's bf16=True; or fp32 for both; "
                         "auto = bf16-autocast where bf16 is native on this CPU/GPU, else fp32")
+    p.add_argument("--reward", default="paper", help="reward scheme for both (medrlvr.reward.SCHEMES)")
+    p.add_argument("--lr", type=float, default=1e-6, help="learning rate for both")
     args = p.parse_args(argv)
+    from medrlvr.reward import SCHEMES
+
+    if args.reward not in SCHEMES:
+        p.error(f"--reward must be one of {', '.join(SCHEMES)}")
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     import torch
@@ -103,7 +120,7 @@ def main(argv=None) -> int:
         args.dtype_mode = "bf16-autocast" if fast_bf16("cuda" if torch.cuda.is_available() else "cpu") else "fp32"
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}, "
-          f"engine {args.engine}, {args.dtype_mode}", flush=True)
+          f"engine {args.engine}, {args.dtype_mode}, reward {args.reward}, lr {args.lr:g}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         print("TRL GRPOTrainer:", flush=True)
         trl_t, trl_r = run_trl(args, d)
@@ -112,7 +129,9 @@ def main(argv=None) -> int:
     ours, theirs = statistics.mean(our_t[1:]), statistics.mean(trl_t[1:])
     print(f"seconds/step (mean of steps 2..{args.steps}): medrlvr {ours:.2f}  TRL {theirs:.2f}")
     print(f"reward per step: medrlvr {[round(x, 3) for x in our_r]}  TRL {[round(x, 3) for x in trl_r]}")
-    print(f"mean reward: medrlvr {statistics.mean(our_r):+.3f}  TRL {statistics.mean(trl_r):+.3f}")
+    sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    print(f"mean reward: medrlvr {statistics.mean(our_r):+.3f} (sd {sd(our_r):.3f} over steps)  "
+          f"TRL {statistics.mean(trl_r):+.3f} (sd {sd(trl_r):.3f})")
     print(f"ratio={ours / theirs:.3f}")
     return 0
 
