@@ -284,6 +284,17 @@ def _plot_training(metrics, out: Path, notes: list[str]) -> Path | None:
     return _save(fig, out)
 
 
+def _finish_step_chart(fig, ax, out: Path, title: str, ylim: tuple[float, float], xlabel: str = "training step",
+                       ylabel: str = "fraction of samples") -> Path:
+    """Limits, labels, title and the legend right of the axes for a per-step share chart; saves it."""
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, out)
+
+
 def _plot_stages(dist, out: Path) -> Path:
     steps = sorted(dist)
     fig = _new_figure(9.5, 3.8)
@@ -301,12 +312,7 @@ def _plot_stages(dist, out: Path) -> Path:
             ax.bar(x, y, bottom=bottom, color=c, label=lab, width=0.6)
             bottom = [b + yy for b, yy in zip(bottom, y)]
         ax.set_xticks(x, [str(s) for s in steps])
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("fraction of samples")
-    ax.set_title("Stage distribution of sampled completions")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    return _save(fig, out)
+    return _finish_step_chart(fig, ax, out, "Stage distribution of sampled completions", (0, 1))
 
 
 def _plot_hacking(rates, out: Path) -> Path:
@@ -315,13 +321,8 @@ def _plot_hacking(rates, out: Path) -> Path:
     ax = fig.add_subplot(111)
     for f in FLAGS:
         ax.plot(steps, [rates[s][f] for s in steps], "-o", ms=3, lw=1.5, label=f.replace("_", " "))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("fraction of samples")
-    ax.set_title("Reward-hacking flags")
     ax.grid(alpha=0.25)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    return _save(fig, out)
+    return _finish_step_chart(fig, ax, out, "Reward-hacking flags", (-0.02, 1.02))
 
 
 def _plot_letters(letters, out: Path) -> Path | None:
@@ -348,12 +349,9 @@ def _plot_letters(letters, out: Path) -> Path | None:
     for xi, s in zip(x, steps):
         ax.text(xi, 1.01, str(letters[s]["answered"]), ha="center", va="bottom", fontsize=7, color="#555")
     ax.set_xticks(x, [str(s) for s in steps], fontsize=8 if len(steps) <= 30 else 6)
-    ax.set_ylim(0, 1.08)
-    ax.set_xlabel("training step (number above a bar: samples with a letter)")
-    ax.set_ylabel("share of answered samples")
-    ax.set_title("Predicted option letters (position bias)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    return _save(fig, out)
+    return _finish_step_chart(fig, ax, out, "Predicted option letters (position bias)", (0, 1.08),
+                              xlabel="training step (number above a bar: samples with a letter)",
+                              ylabel="share of answered samples")
 
 
 def _letters_summary(letters) -> str:
