@@ -31,7 +31,7 @@ CONFIGS = {
 }
 
 _CHILD = r"""
-import json, os, resource, sys, time
+import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from medrlvr.config import build_config
 from medrlvr.train import Trainer
@@ -43,12 +43,11 @@ ov = json.loads(sys.argv[2])
 steps = int(sys.argv[3])
 cfg = build_config("cpu-demo", {**ov, "max_steps": steps, "eval_every": 0, "save_every": 0})
 t = Trainer(cfg, sys.argv[4], quiet=True)
-out = {"rss_after_init_mb": rss_mb(), "step_s": [], "reward": []}
+out = {"rss_after_init_mb": rss_mb(), "step_s": []}
 for _ in range(steps):
     t0 = time.perf_counter()
-    rec = t.train_step()
+    t.train_step()
     out["step_s"].append(time.perf_counter() - t0)
-    out["reward"].append(rec["reward_mean"])
 out["peak_rss_mb"] = rss_mb()
 print("RESULT " + json.dumps(out), flush=True)
 """

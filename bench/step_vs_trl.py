@@ -4,8 +4,8 @@ Same setting for both: 2 prompts x 4 generations per step (starter train questio
 pre-filled with <think>), at most 128 new tokens, temperature 1.0, no stop string (both stop at EOS),
 beta 0 (no reference model), one optimizer step per rollout, a constant lr of 1e-6 (``--lr``; TRL's
 default linear decay is set to constant, as ours), the paper's reward (``--reward``; TRL gets the same
-scheme through `medrlvr.reward.make_trl_reward_func`). Seconds per step
-exclude the first (warm-up) step.
+scheme through `medrlvr.reward.make_trl_reward_func`). Seconds per step exclude the first (warm-up)
+step.
 
     python bench/step_vs_trl.py [--steps 4] [--engine fast] [--dtype-mode auto|bf16-autocast|fp32]
                                 [--reward paper|shaped|...] [--lr 1e-6]

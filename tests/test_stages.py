@@ -379,9 +379,9 @@ def test_letter_distribution_shows_a_position_hack():
 
     rows = []
     golds = "ABCD" * 2
-    for i, g in enumerate(golds):          # step 1: answers spread like the golds
+    for g in golds:                        # step 1: answers spread like the golds
         rows.append({"step": 1, "pred": g, "gold": g})
-    for i, g in enumerate(golds):          # step 2: always D, whatever the gold
+    for g in golds:                        # step 2: always D, whatever the gold
         rows.append({"step": 2, "pred": "D", "gold": g})
     rows.append({"step": 2, "pred": None, "gold": "A"})                  # no letter: counted in n only
     rows.append({"step": 3, "response": "<think>so C</think><answer>C</answer>", "gold": "B", "n_options": 4})

@@ -866,8 +866,9 @@ def auto_dtype(model) -> str:
 class FastEngine:
     """Fast batched sampling for Llama / Qwen2 policies; see the module docstring.
 
-    ``dtype``: ``"auto"`` (default: ``bf16`` where it is native, else ``fp32``; see :func:`auto_dtype`), ``"bf16"`` or ``"fp32"`` (PyTorch
-    ops, the arithmetic of transformers: greedy decoding gives the tokens of ``generate``). ``batch_size``: most
+    ``dtype``: ``"auto"`` (default: ``bf16`` where it is native, else ``fp32``; see :func:`auto_dtype`),
+    ``"bf16"`` or ``"fp32"`` (PyTorch ops, the arithmetic of transformers: greedy decoding gives the tokens
+    of ``generate``). ``batch_size``: most
     rows decoded together; the ``n`` samples of a prompt share one slot of ``n`` rows. ``kernels``:
     use the compiled kernels (``None`` = when they build and ``dtype`` is bf16; ``True`` = fail
     otherwise). ``prepack``: PyTorch path, pre-pack the weights for oneDNN once per call

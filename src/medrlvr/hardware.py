@@ -4,7 +4,8 @@ bf16 is a large win only where the hardware has native bf16 arithmetic: CUDA GPU
 8.0+ and x86 CPUs with AVX512-BF16 or AMX-BF16. Elsewhere PyTorch emulates it, and on a CPU without
 those instructions (e.g. an AVX2-only EPYC) bf16 linear layers were measured at 0.13-0.45x the speed of
 fp32 at SmolLM2 shapes (``python bench/bf16_vs_fp32.py``: 4x slower on average). Every "auto" dtype choice
-in medrlvr (training autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` / ``=0`` overrides the detection.
+in medrlvr (training autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` /
+``=0`` overrides the detection.
 """
 
 from __future__ import annotations

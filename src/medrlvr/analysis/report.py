@@ -325,11 +325,16 @@ def _plot_hacking(rates, out: Path) -> Path:
     return _finish_step_chart(fig, ax, out, "Reward-hacking flags", (-0.02, 1.02))
 
 
+def _answered_steps(letters) -> list[int]:
+    """Steps of :func:`letter_distribution` output with at least one predicted letter, in order."""
+    return [s for s in sorted(letters) if letters[s]["answered"]]
+
+
 def _plot_letters(letters, out: Path) -> Path | None:
     """Stacked share of each predicted option letter per step (answered samples only), with the gold
     share of the most predicted letter as a dashed line: a band that grows while its gold share stays
     flat is a position hack."""
-    steps = [s for s in sorted(letters) if letters[s]["answered"]]
+    steps = _answered_steps(letters)
     if not steps:
         return None
     used = sorted({L for s in steps for L in letters[s]["pred"]})
@@ -356,7 +361,7 @@ def _plot_letters(letters, out: Path) -> Path | None:
 
 def _letters_summary(letters) -> str:
     """One sentence on the last step with answers: its most predicted letter and that letter's gold share."""
-    steps = [s for s in sorted(letters) if letters[s]["answered"]]
+    steps = _answered_steps(letters)
     if not steps:
         return "No sample has a predicted letter (no well-formed answer)."
     d = letters[steps[-1]]

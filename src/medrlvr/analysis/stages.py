@@ -866,23 +866,23 @@ def letter_distribution(
     samples = list(samples)
     if feats is not None and len(feats) != len(samples):
         raise ValueError(f"got {len(feats)} feature dicts for {len(samples)} samples")
+    def letter(x: Any) -> str | None:
+        return x if isinstance(x, str) and len(x) == 1 and x in LETTERS else None
+
     totals: Counter[int] = Counter()
     preds: dict[int, Counter[str]] = defaultdict(Counter)
     golds: dict[int, Counter[str]] = defaultdict(Counter)
     for i, s in enumerate(samples):
         step = _step_of(s)
         totals[step] += 1
-        pred = s.get("pred")
-        if not (isinstance(pred, str) and len(pred) == 1 and pred in LETTERS):
-            pred = None
-            if feats is not None and feats[i].get("format_ok"):
-                fp = feats[i].get("pred")
-                pred = fp if isinstance(fp, str) and len(fp) == 1 and fp in LETTERS else None
+        pred = letter(s.get("pred"))
+        if pred is None and feats is not None and feats[i].get("format_ok"):
+            pred = letter(feats[i].get("pred"))
         if pred is None:
             continue
         preds[step][pred] += 1
-        gold = s.get("gold")
-        if isinstance(gold, str) and len(gold) == 1 and gold in LETTERS:
+        gold = letter(s.get("gold"))
+        if gold is not None:
             golds[step][gold] += 1
     out: dict[int, dict[str, Any]] = {}
     for step in sorted(totals):
