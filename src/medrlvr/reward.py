@@ -13,6 +13,8 @@ them as named flags (:data:`FLAGS`), so that they can be monitored and, with the
 ``"composite"`` scheme, penalised.
 
 Only the standard library is used; importing this module never imports torch.
+Scoring takes time linear in the response length for any string (no pattern backtracks over a
+whitespace run; ``bench/reward_fuzz.py`` measures adversarial families up to 256k characters).
 
 What is scored
 --------------
@@ -295,9 +297,13 @@ _DOT_WORD_RE = re.compile(r"\.[ \t]*([a-z]+)")
 _SPACE_WORD_RE = re.compile(r"\s+([a-z]+)")
 
 _END = r"(?![A-Za-z0-9'’\-])"
+# Linear time: the separator is ``\s*(?:[:=\-]\s*)?``, not ``\s*[:=\-]?\s*``. Both read the same text
+# (spaces, at most one ``:``/``=``/``-``, spaces), but the latter lets the two ``\s*`` split a long
+# whitespace run in every possible way when no letter follows it: "answer" + N spaces cost O(N^2)
+# (4 s at N = 16k). Here each run is split one way only.
 _CUE = (
     r"(?i:\b(?:answer|option|choice)\b"
-    r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be))?)\s*[:=\-]?\s*"
+    r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be))?)\s*(?:[:=\-]\s*)?"
 )
 # group 1: bracketed letter (either case); 2: uppercase letter; 3: lowercase letter at the end
 _CUE_RE = re.compile(_CUE + r"(?:[(\[{]\s*([A-Za-z])\s*[)\]}]|([A-Z])" + _END + r"|([a-z])(?=[\s.!)\]}]*$))")
