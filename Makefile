@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean chromium
+.PHONY: install test test-verl demo bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,27 @@ chromium:
 test: install chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# verl integration tests (tests_verl/) in a second venv: verl 0.9.1 pins transformers<5.11, the main venv has 5.x.
+# CPU torch is pinned explicitly (verl's base requirements leave torch open; an unpinned one pulls a CUDA build);
+# none of verl's GPU extras (vllm, flash-attn, megatron) are installed or needed; VERL_CORE is the pure-Python
+# part of verl's `verl-core` extra that its trainer modules import.
+VERL_VENV := .venv-verl
+VERL_SPEC ?= verl==0.9.1
+VERL_CORE := "TransferQueue==0.1.11" "cachetools>=5" "msgspec>=0.18" "pyzmq>=25" "fastapi>=0.110" "uvicorn>=0.29"
+VERL_STAMP := $(VERL_VENV)/.installed
+
+$(VERL_VENV)/bin/python:
+	$(PY) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q --upgrade pip
+
+$(VERL_STAMP): pyproject.toml Makefile | $(VERL_VENV)/bin/python
+	$(VERL_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(VERL_SPEC)" $(VERL_CORE) "pytest>=8" "pytest-timeout>=2.2"
+	$(VERL_VENV)/bin/python -m pip install -q -e . "$(TORCH_SPEC)" "$(VERL_SPEC)"
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_verl $(PYTEST_ARGS)
+
 demo: install
 	$(BIN)/medrlvr demo --output runs/demo
 
@@ -35,4 +56,4 @@ bench: install
 	$(BIN)/python bench/step_vs_trl.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -86,6 +86,13 @@ def cmd_data_export(a) -> int:
         print(f"note: {len(s.skipped)} invalid records skipped (see `medrlvr data validate`)", file=sys.stderr)
     p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
     print(f"wrote {len(s)} records to {p} ({a.format})")
+    if a.format == "openrlhf":
+        from .integrations.openrlhf import write_reward_file
+        from .prompts import response_prefix
+
+        rf = write_reward_file(p.parent / "medrlvr_openrlhf_reward.py",
+                               prefill=response_prefix(a.template, not a.no_prefill) or None)
+        print(f"wrote {rf} (OpenRLHF: --remote_rm_url {rf} --input_key input --label_key label)")
     return 0
 
 
@@ -171,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     from . import compare, evaluate, sft
+    from .integrations import verl as verl_integration
 
-    for mod in (evaluate, sft, compare):
+    for mod in (evaluate, sft, compare, verl_integration):
         mod.add_cli(sub)
     return p
 

@@ -601,19 +601,25 @@ def build_report(
     cfg = stage_config or StageConfig()
     notes: list[str] = []
 
-    metrics, bad_m = read_jsonl(run / "metrics.jsonl")
-    if not (run / "metrics.jsonl").is_file():
+    src = run  # a verl run directory is first converted to medrlvr's layout (medrlvr.integrations.verl)
+    from medrlvr.integrations.verl import convert_run, is_verl_run
+
+    if is_verl_run(run):
+        src, verl_notes = convert_run(run)
+        notes += verl_notes
+    metrics, bad_m = read_jsonl(src / "metrics.jsonl")
+    if not (src / "metrics.jsonl").is_file():
         notes.append("metrics.jsonl not found: no training curves")
     if bad_m:
         notes.append(f"metrics.jsonl: skipped {bad_m} unreadable line(s) (e.g. a truncated last line)")
-    samples, bad_s = read_jsonl(run / "samples.jsonl")
-    if not (run / "samples.jsonl").is_file():
+    samples, bad_s = read_jsonl(src / "samples.jsonl")
+    if not (src / "samples.jsonl").is_file():
         notes.append("samples.jsonl not found: no stage charts, hacking rates or sample browser")
     if bad_s:
         notes.append(f"samples.jsonl: skipped {bad_s} unreadable line(s) (e.g. a truncated last line)")
     results = _find_results(run, out_dir)
     config_text = None
-    cpath = run / "config.yaml"
+    cpath = src / "config.yaml"
     if cpath.is_file():
         config_text = cpath.read_text(encoding="utf-8", errors="replace")
     else:
