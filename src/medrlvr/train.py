@@ -25,9 +25,7 @@ trained policy in Hugging Face format).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import shutil
 import time
@@ -38,7 +36,7 @@ from typing import Any
 
 import torch
 
-from . import algos
+from . import algos, fileio, resume as resume_mod
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
@@ -154,15 +152,7 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def _atomic_write_dir(final: Path, write) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+_atomic_write_dir = fileio.atomic_write_dir  # build NAME.tmp, fsync, rename; a failed save removes NAME.tmp
 
 
 def _engine_mismatch(lp: torch.Tensor, samples: list[Sample], mask: torch.Tensor) -> float | None:
@@ -180,8 +170,11 @@ def _engine_mismatch(lp: torch.Tensor, samples: list[Sample], mask: torch.Tensor
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, model=None, tokenizer=None,
-                 quiet: bool = False, reward_fn=None):
+                 quiet: bool = False, reward_fn=None, allow_change: tuple[str, ...] = ()):
         self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
+        if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.resume)
+            self._changes = resume_mod.check_drift(self.out, cfg, allow_change)
+            self._resume_dir = resume_mod.find_checkpoint(self.out)
         self.is_main = cfg.rank == 0
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -220,8 +213,11 @@ class Trainer:
                 (self.out / f).unlink(missing_ok=True)
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
-            (self.out / "seed").write_text(f"{cfg.seed}\n")
+            fileio.atomic_write_text(self.out / "seed", f"{cfg.seed}\n", label="seed")
+            if resume:
+                resume_mod.record_changes(self.out, self.step, self._changes)
         self._tb = None
+        self._purge_step = self.step + 1 if resume else None
 
     # ------------------------------------------------------------------------------------ logging
     def _tb_writer(self):
@@ -229,7 +225,8 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out / "tb"))
+                # purge_step: TensorBoard hides the steps after the resumed checkpoint (they were re-run)
+                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self._purge_step)
             except Exception:  # tensorboard missing: JSONL stays the source of truth
                 self._tb = False
         return self._tb or None
@@ -237,8 +234,10 @@ class Trainer:
     def _log(self, rec: dict) -> None:
         if not self.is_main:
             return
+        line = fileio.strict_json(rec)  # strict JSON: a NaN is written null and its key listed in "nonfinite"
+        fileio.fault("log.metrics")
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(line + "\n")
         tb = self._tb_writer()
         if tb:
             for k, v in rec.items():
@@ -249,10 +248,11 @@ class Trainer:
     def _write_samples(self, samples: list[Sample]) -> None:
         if not self.is_main or self.step % self.cfg.sample_every:
             return
+        fileio.fault("log.samples")
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             for s in samples:
                 r = s.result
-                f.write(json.dumps({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
+                f.write(fileio.strict_json({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
                                     "completion": s.completion, "response": s.response, "reward": s.reward,
                                     "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold,
                                     "correct": r.correct, "flags": list(r.flags), "finish_reason": s.finish_reason,
@@ -437,6 +437,7 @@ class Trainer:
         old_lp, ref_lp, values, mask = self._score_batch(samples)
         adv, ret, ametrics = self._advantages(samples, old_lp, ref_lp, values, mask)
         umetrics = self._update(samples, old_lp, ref_lp, values, mask, adv, ret)
+        self._check_finite_weights()
         t2 = time.perf_counter()
         ntok = sum(len(s.token_ids) for s in samples)
         n = len(samples)
@@ -458,6 +459,17 @@ class Trainer:
         if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
             rec.update(self.evaluate())
         return rec
+
+    def _check_finite_weights(self) -> None:
+        """Stop (never checkpoint) when an update left a non-finite weight; the last checkpoint stays good."""
+        mods = [self.policy] + ([self.critic] if self.critic is not None else [])
+        for m in mods:
+            for name, p in m.named_parameters():
+                if p.requires_grad and not bool(torch.isfinite(p).all()):
+                    raise FloatingPointError(
+                        f"step {self.step + 1}: weight {name} is not finite after the update (lr={self.cfg.lr}, "
+                        f"max_grad_norm={self.cfg.max_grad_norm}); not checkpointed, resume from the last "
+                        f"checkpoint in {self.out / 'checkpoints'} with a smaller lr")
 
     def evaluate(self, details: bool = False) -> dict:
         return evaluate_policy(self.engine, self.eval_records, self.cfg, self.tok, details=details)
@@ -505,20 +517,27 @@ class Trainer:
 
         def write(d: Path):
             self.policy.save_pretrained(d / "policy", safe_serialization=True)
+            fileio.fault("ckpt.policy")
             self.tok.save_pretrained(d / "policy")
+            fileio.fault("ckpt.tokenizer")
             if self.critic is not None:
                 from safetensors.torch import save_file
 
                 save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()}, str(d / "critic.safetensors"))
+                fileio.fault("ckpt.critic")
             torch.save(self._state(), d / "trainer_state.pt")
-            (d / "step").write_text(str(self.step))
+            fileio.fault("ckpt.state")
+            (d / "step").write_text(str(self.step))  # last: marks the checkpoint complete (medrlvr.resume)
 
-        _atomic_write_dir(final, write)
-        (self.out / "checkpoints" / "latest").write_text(final.name)
-        ckpts = sorted((p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")),
-                       key=lambda p: int(p.name.split("_")[1]))
+        ckdir = self.out / "checkpoints"
+        resume_mod.clean_leftovers(ckdir)
+        _atomic_write_dir(final, write, label="ckpt")
+        fileio.atomic_write_text(ckdir / "latest", final.name, label="ckpt.latest")  # never empty, even if killed
+        ckpts = resume_mod.complete_checkpoints(ckdir)
         for old in ckpts[:-self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints else []:
-            shutil.rmtree(old)
+            if old != final:
+                fileio.fault("ckpt.prune")
+                shutil.rmtree(old)
         return final
 
     def save_final(self) -> Path:
@@ -534,14 +553,11 @@ class Trainer:
             model.save_pretrained(d, safe_serialization=True)
             self.tok.save_pretrained(d)
 
-        _atomic_write_dir(final, write)
+        _atomic_write_dir(final, write, label="final")
         return final
 
     def _resume(self) -> None:
-        latest = self.out / "checkpoints" / "latest"
-        if not latest.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-        d = self.out / "checkpoints" / latest.read_text().strip()
+        d = self._resume_dir  # the pointer's checkpoint, or the newest complete one (medrlvr.resume)
         from safetensors.torch import load_file
 
         pdir = d / "policy"
@@ -557,6 +573,8 @@ class Trainer:
                 raise RuntimeError(f"checkpoint {pdir} does not match the model: missing={missing[:5]} "
                                    f"unexpected={unexpected[:5]}")
         if self.critic is not None:
+            if not (d / "critic.safetensors").is_file():
+                raise FileNotFoundError(f"--resume: {d} has no critic.safetensors (not a ppo checkpoint)")
             self.critic.load_state_dict(load_file(str(d / "critic.safetensors")))
         st = torch.load(d / "trainer_state.pt", weights_only=True)  # tensors and plain containers only
         self.opt.load_state_dict(st["optimizer"])
@@ -566,26 +584,22 @@ class Trainer:
         torch.set_rng_state(st["rng"]["torch"])
         py = st["rng"]["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
-        # metrics written after the checkpoint by the interrupted run are dropped, so the log matches
-        mpath = self.out / "metrics.jsonl"
-        for fname in ("metrics.jsonl", "samples.jsonl"):
-            p = self.out / fname
-            if p.exists():
-                keep = [ln for ln in p.read_text(encoding="utf-8").splitlines()
-                        if ln.strip() and _line_step(ln) is not None and _line_step(ln) <= self.step]
-                p.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        del mpath
-
-
-def _line_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
+        if "lr" in self._changes or "critic_lr" in self._changes:  # an accepted change beats the restored state
+            lrs = [self.cfg.lr, self.cfg.critic_lr][:len(self.opt.param_groups)]
+            self.sched.base_lrs = lrs
+            for g, lr in zip(self.opt.param_groups, lrs):
+                g["initial_lr"], g["lr"] = lr, lr * self.sched.lr_lambdas[0](self.sched.last_epoch)
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        for g in self.opt.param_groups:  # restored groups keep the saved values; accepted changes apply
+            g["weight_decay"], g["betas"] = self.cfg.weight_decay, tuple(self.cfg.adam_betas)
+        resume_mod.clean_leftovers(self.out / "checkpoints")
+        # lines written after the checkpoint by the interrupted run are dropped (temp file + rename)
+        if self.is_main:
+            resume_mod.truncate_logs(self.out, self.step)
 
 
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, max_steps: int | None = None,
-          quiet: bool = False) -> Trainer:
-    t = Trainer(cfg, output_dir, resume=resume, quiet=quiet)
+          quiet: bool = False, allow_change: tuple[str, ...] = ()) -> Trainer:
+    t = Trainer(cfg, output_dir, resume=resume, quiet=quiet, allow_change=allow_change)
     t.train(max_steps)
     return t
