@@ -8,6 +8,7 @@ no sense are refused with an error that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -120,6 +121,7 @@ class TrainConfig:
     save_every: int = 0
     """Checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
+    """Checkpoints kept on disk, newest first (0 = all). The newest complete one is never deleted."""
     sample_every: int = 1
     """Write every completion of every N-th step to samples.jsonl."""
     rank: int = 0
@@ -133,6 +135,8 @@ class TrainConfig:
         def bad(key, msg):
             raise ValueError(f"config '{key}': {msg}")
 
+        _check_types(self)  # each value has its field's type (and numbers are finite) before any arithmetic
+        _check_ranges(self)
         if self.algo not in ALGOS:
             bad("algo", f"{self.algo!r} is not one of {ALGOS}")
         if self.loss_agg not in LOSS_AGGS:
@@ -172,6 +176,10 @@ class TrainConfig:
             bad("mini_batch_size", f"{mb} does not divide the rollout batch {self.rollout_batch}")
         if mb % self.micro_batch_size and self.micro_batch_size < mb:
             bad("micro_batch_size", f"{self.micro_batch_size} does not divide the mini-batch {mb}")
+        from .reward import SCHEMES
+
+        if self.reward_scheme not in SCHEMES:
+            bad("reward_scheme", f"{self.reward_scheme!r} is not one of {sorted(SCHEMES)}")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:
             bad("clip_low", "clip_low must be in [0, 1) and clip_high >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:
@@ -189,6 +197,71 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Refuse a value whose type is not its field's (``samples_per_prompt=2.5``, ``stop=5``, ``lr=.nan``)
+    with the key named. Annotations this does not know are left to the field's own checks."""
+    for f in fields(cfg):
+        v, t = getattr(cfg, f.name), str(f.type).replace(" ", "")
+        opt = t.endswith("|None")
+        base = t[: -len("|None")] if opt else t
+        if v is None:
+            if opt:
+                continue
+            if base in ("int", "float", "bool", "str"):
+                raise ValueError(f"config '{f.name}': must be a {base}, got null")
+            continue
+        isnum = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if base == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise ValueError(f"config '{f.name}': must be an integer, got {v!r}")
+        if base == "float":
+            if not isnum:
+                raise ValueError(f"config '{f.name}': must be a number, got {v!r}")
+            if not math.isfinite(v):
+                raise ValueError(f"config '{f.name}': must be finite, got {v!r}")
+        if base == "str" and not isinstance(v, str):
+            raise ValueError(f"config '{f.name}': must be a string, got {v!r}")
+        if base == "bool" and not isinstance(v, bool):
+            raise ValueError(f"config '{f.name}': must be true or false, got {v!r}")
+        if base == "tuple[str,...]":
+            if not isinstance(v, (tuple, list)) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"config '{f.name}': must be a list of strings, got {v!r}")
+            setattr(cfg, f.name, tuple(v))
+        if base == "tuple[float,float]":
+            ok = (isinstance(v, (tuple, list)) and len(v) == 2
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+            if not ok:
+                raise ValueError(f"config '{f.name}': must be a list of two finite numbers, got {v!r}")
+            setattr(cfg, f.name, tuple(float(x) for x in v))
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Numbers that are finite but make no sense (``lr=1e30``, ``keep_checkpoints=-1``), by key."""
+    def bad(key, msg):
+        raise ValueError(f"config '{key}': {msg}, got {getattr(cfg, key)!r}")
+
+    for k in ("lr", "critic_lr"):
+        if not 0 < getattr(cfg, k) <= 1:
+            bad(k, "must be in (0, 1]")
+    if cfg.max_grad_norm <= 0:
+        bad("max_grad_norm", "must be > 0")
+    if not 0 < cfg.top_p <= 1:
+        bad("top_p", "must be in (0, 1]")
+    if cfg.temperature > 100:
+        bad("temperature", "must be <= 100")
+    if not all(0 <= b < 1 for b in cfg.adam_betas):
+        bad("adam_betas", "both must be in [0, 1)")
+    for k in ("keep_checkpoints", "max_refill_rounds", "eval_max_new_tokens", "vf_coef"):
+        if getattr(cfg, k) < 0:
+            bad(k, "must be >= 0" + (" (0 keeps every checkpoint)" if k == "keep_checkpoints" else ""))
+    if cfg.grpo_eps <= 0:
+        bad("grpo_eps", "must be > 0")
+    if cfg.value_clip is not None and cfg.value_clip <= 0:
+        bad("value_clip", "must be > 0 or null")
+    for k in ("lora_r", "lora_alpha"):
+        if getattr(cfg, k) < 1:
+            bad(k, "must be >= 1")
 
 
 PRESETS = ("tiny", "cpu-demo", "paper-3b")
@@ -259,4 +332,6 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), label="config")
