@@ -105,7 +105,8 @@ def cmd_train(a) -> int:
     if a.data_root:
         cfg.data_root = a.data_root
     out = Path(a.output or f"runs/{Path(a.config).stem}")
-    t = train(cfg, out, resume=a.resume)
+    allow = tuple(k.strip() for x in a.allow_change for k in x.split(",") if k.strip())
+    t = train(cfg, out, resume=a.resume, allow_change=allow)
     print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped)")
     return 0
 
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default=None, help="run directory (default runs/<config>)")
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: accept a changed config KEY (repeatable; recorded in config_changes.jsonl)")
     _data_root_arg(t)
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.set_defaults(func=cmd_train)
@@ -191,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"medrlvr: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full disk, read-only or missing directory: one line naming the path
+        msg = f"{e.strerror}: {e.filename}" if e.filename and e.strerror else (e.strerror or str(e))
+        print(f"medrlvr: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -216,27 +216,44 @@ def _chunks(items: list[_Item], max_items: int, max_tokens: int | None) -> list[
 
 
 def _read_rows(path: Path) -> dict[tuple[str, int], dict]:
-    """Saved rows keyed by (id, variant); a torn last line (interrupted write) is dropped from the file."""
+    """Saved rows keyed by (id, variant). A torn last line (no newline: an interrupted write, possibly cut
+    inside a UTF-8 character) is dropped from the file, with a note, and recomputed. Any other bad line
+    (not UTF-8, not JSON, no ``id``/``variant``/``samples``) is refused: ValueError naming file and line."""
     rows: dict[tuple[str, int], dict] = {}
     if not path.exists():
         return rows
-    good: list[str] = []
-    bad = False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                bad = True
-                continue
-            try:
-                r = json.loads(line)
-                rows[(str(r["id"]), int(r["variant"]))] = r
-                good.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                bad = True
-    if bad:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(good), encoding="utf-8")
-        os.replace(tmp, path)
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    for i, b in enumerate(lines, 1):
+        if not b.strip():
+            continue
+        try:
+            r = json.loads(b.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} line {i}: not UTF-8 ({e.reason} at byte {e.start}); "
+                             "delete the file or use --overwrite") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i}: not JSON ({e.msg}); delete the file or use --overwrite") from None
+        if not isinstance(r, dict):
+            raise ValueError(f"{path} line {i}: not a JSON object")
+        for key in ("id", "variant", "samples"):
+            if key not in r:
+                raise ValueError(f"{path} line {i}: no '{key}' field")
+        if not isinstance(r["samples"], list) or not all(isinstance(x, dict) for x in r["samples"]):
+            raise ValueError(f"{path} line {i}: 'samples' is not a list of objects")
+        if any("correct" not in x for x in r["samples"]):
+            raise ValueError(f"{path} line {i}: a sample has no 'correct' field")
+        try:
+            rows[(str(r["id"]), int(r["variant"]))] = r
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} line {i}: 'variant' is not an integer: {r['variant']!r}") from None
+    if torn:
+        from .fileio import atomic_write_text
+
+        print(f"[medrlvr] {path}: dropped a torn last line ({len(torn)} bytes, an interrupted write); "
+              "its questions are recomputed", file=sys.stderr)
+        atomic_write_text(path, raw[: len(raw) - len(torn)].decode("utf-8", errors="strict"), label="eval.rows")
     return rows
 
 

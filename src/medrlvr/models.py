@@ -98,11 +98,38 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def check_model_source(name: str) -> None:
+    """Refuse, in one line and without reaching the Hub, a model that is a local path but not a model
+    directory. ``name`` is a local path when it exists, starts with ``/``, ``.`` or ``~``, or has more than
+    one ``/`` (a Hub id is ``org/name``); anything else is left to the Hub (see :func:`_hub_error`)."""
+    if name in (EMBEDDED_ALIAS, TINY_ALIAS):
+        return
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model {name!r}: {p} is not a Hugging Face model directory (no config.json)")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(f"model {name!r}: no such directory")
+
+
+def _hub_error(name: str, e: Exception) -> FileNotFoundError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return FileNotFoundError(f"model {name!r}: not a local directory, and it could not be loaded from the "
+                             f"Hugging Face Hub ({first[:200]})")
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_source(name)
     path = str(ensure_embedded()) if name in (EMBEDDED_ALIAS, TINY_ALIAS) else name
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if Path(path).expanduser().exists():
+            raise
+        raise _hub_error(name, e) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -138,8 +165,13 @@ def load_policy(name: str, dtype: str | torch.dtype = "fp32", trust_remote_code:
         model = make_tiny_model(seed=seed, dtype=dt, vocab_size=len(tok))
     else:
         path = resolve_model_path(name)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code,
+                                                         use_safetensors=True)
+        except OSError as e:
+            if Path(path).expanduser().exists():
+                raise FileNotFoundError(f"model {name!r}: {str(e).strip().splitlines()[0][:300]}") from None
+            raise _hub_error(name, e) from None
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
