@@ -129,3 +129,12 @@ def test_export_openrlhf_writes_the_reward_file(tmp_path, capsys):
     row = json.loads(out.read_text().splitlines()[0])
     q = row["input"] + f" ok </think> <answer> {row['label']} </answer><|im_end|>"
     assert mod.reward_func([q], [row["input"]], [row["label"]])["rewards"].tolist() == [1.0]
+
+
+def test_launch_dry_run_and_bad_dir(tmp_path, capsys):
+    d = iv.prepare(build_config("paper-3b", SMALL), tmp_path / "run")
+    assert main(["verl", "launch", "--dry-run", str(d), "trainer.total_training_steps=1"]) == 0
+    out = capsys.readouterr().out
+    assert "run.sh" in out and "trainer.total_training_steps=1" in out
+    assert main(["verl", "launch", str(tmp_path)]) == 2
+    assert "not a directory written by `medrlvr verl prepare`" in capsys.readouterr().err

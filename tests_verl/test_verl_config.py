@@ -45,7 +45,9 @@ def test_ppo_overrides_compose_and_validate(ppo_run, compose):
                                                   ("rloo", "k1", "kl")])
 def test_group_algos_kl_as_loss(tmp_path, compose, algo, kl_est, verl_kl):
     cfg, d = prepare_dir(tmp_path, algo=algo, kl_mode="loss", kl_estimator=kl_est, samples_per_prompt=4,
-                         mini_batch_size=16, loss_agg="seq-mean-token-sum-norm" if algo == "dr_grpo" else "token-mean")
+                         mini_batch_size=16, loss_agg="seq-mean-token-sum-norm" if algo == "dr_grpo" else "token-mean",
+                         dynamic_sampling=algo == "grpo", clip_high=0.28, dual_clip=3.0, lr_schedule="cosine",
+                         warmup_steps=1)
     c = compose(json.loads((d / "medrlvr_verl.json").read_text())["overrides"])
     assert _validate(c) == (False, True)
     assert c.algorithm.adv_estimator == {"grpo": "grpo", "dr_grpo": "grpo", "rloo": "rloo"}[algo]
@@ -53,6 +55,11 @@ def test_group_algos_kl_as_loss(tmp_path, compose, algo, kl_est, verl_kl):
     assert c.algorithm.use_kl_in_reward is False and c.actor_rollout_ref.actor.use_kl_loss is True
     assert c.actor_rollout_ref.actor.kl_loss_type == verl_kl
     assert c.actor_rollout_ref.actor.loss_agg_mode == cfg.loss_agg
+    a = c.actor_rollout_ref.actor
+    assert (a.clip_ratio_high, a.clip_ratio_c, a.optim.lr_scheduler_type, a.optim.lr_warmup_steps) == (0.28, 3.0, "cosine", 1)
+    assert c.algorithm.filter_groups.enable is (algo == "grpo")
+    if algo == "grpo":
+        assert c.algorithm.filter_groups.max_num_gen_batches == cfg.max_refill_rounds + 1
 
 
 def test_misspelled_or_unknown_key_fails(ppo_run, compose):

@@ -121,3 +121,26 @@ def test_reward_manager_scores_equal_medrlvr(ppo_run, verl_cfg, tokenizer):
         assert {f for f in FLAGS if extra[f]} == set(want.flags)
     # the batch exercises all three reward levels and some flags
     assert {score(join_prefill(r), "C", 4).reward for r in RESPONSES} >= {-1.0, 0.0, 1.0}
+
+
+def test_qwen_family_builder_gives_the_same_prompt_ids(ppo_run, verl_cfg, tokenizer):
+    """Qwen2.5 (model_type qwen2) gets verl's Qwen Continuous Token builder; SmolLM2's tokenizer has the same
+    ChatML <|im_end|> token it requires, so that builder's prompt path is checked here too."""
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    _, d = ppo_run
+    mc = omega_conf_to_dataclass(verl_cfg.actor_rollout_ref.model)
+    ds = RLHFDataset(str(d / "val.parquet"), mc.tokenizer, verl_cfg.data)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(d / "val.parquet").to_pylist()
+    for family in ("qwen2", "llama"):
+        b = create_continuous_token_builder(mc.tokenizer, hf_model_type=family,
+                                            chat_template_kwargs=verl_cfg.data.apply_chat_template_kwargs)
+        for i in range(3):
+            ours = tokenizer(rows[i]["prompt"][0]["content"], add_special_tokens=False)["input_ids"]
+            assert b.build_initial_tokens(ds[i]["raw_prompt"]) == ours, (family, i)
+        if family == "qwen2":
+            assert type(b).__name__ == "QwenContinuousTokenBuilder"

@@ -7,7 +7,8 @@
     RUN_DIR/samples.jsonl     one JSON object per sampled completion
     RUN_DIR/**/results.json   evaluation results {benchmark: {accuracy, ci95, n, format_valid}}
 
-and writes ``RUN_DIR/report/report.html`` together with the PNG charts it shows.  The HTML
+and writes ``RUN_DIR/report/report.html`` together with the PNG charts it shows. A verl run directory
+(``medrlvr verl prepare``) is first converted to these files by :func:`medrlvr.integrations.verl.convert_run`.  The HTML
 needs no network: every chart is inlined as a base64 PNG and all CSS/JS is inline.  It holds
 
 - test accuracy and mean response length vs step (twin axes) over shaded bands of the

@@ -622,7 +622,8 @@ VERL_METRICS = {"reward_mean": "critic/score/mean", "response_tokens": "response
                 "entropy": "actor/entropy", "clip_frac": "actor/pg_clipfrac",
                 "truncated_frac": "response_length/clip_ratio"}
 """medrlvr metric name -> verl metric name (file logger); ``kl`` is ``actor/reward_kl_penalty`` (KL in the
-reward) or ``actor/kl_loss`` (KL loss). verl's own names are kept too."""
+reward) or ``actor/kl_loss`` / ``kl_loss`` (KL loss: the legacy and the engine workers' names). verl's own
+names are kept too."""
 
 
 def convert_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, list[str]]:
@@ -688,7 +689,7 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pat
         for ours, theirs in VERL_METRICS.items():
             if isinstance(data.get(theirs), (int, float)):
                 rec[ours] = data[theirs]
-        for k in ("actor/reward_kl_penalty", "actor/kl_loss"):
+        for k in ("actor/reward_kl_penalty", "actor/kl_loss", "kl_loss"):
             if isinstance(data.get(k), (int, float)):
                 rec["kl"] = data[k]
                 break
