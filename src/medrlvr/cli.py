@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -106,9 +107,28 @@ def cmd_train(a) -> int:
         cfg.data_root = a.data_root
     out = Path(a.output or f"runs/{Path(a.config).stem}")
     allow = tuple(k.strip() for x in a.allow_change for k in x.split(",") if k.strip())
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun for this node, which runs this command
+        from . import distributed
+
+        cfg.world_size = a.nproc
+        distributed.check_config(cfg)  # refuse a batch that cannot be split before starting anything
+        return distributed.launch(a.nproc, _strip_nproc(a.argv))
     t = train(cfg, out, resume=a.resume, allow_change=allow)
-    print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped)")
+    if t.is_main:
+        print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped)")
     return 0
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == "--nproc":
+            skip = True
+        elif not x.startswith("--nproc="):
+            out.append(x)
+    return out
 
 
 def cmd_report(a) -> int:
@@ -165,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a changed config KEY (repeatable; recorded in config_changes.jsonl)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this node: starts torchrun (torch.distributed.run); "
+                        "multi-node: call torchrun yourself (README, Distributed training)")
     _data_root_arg(t)
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.set_defaults(func=cmd_train)
@@ -192,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except (DataError, ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -126,6 +126,13 @@ class TrainConfig:
     """Write every completion of every N-th step to samples.jsonl."""
     rank: int = 0
     world_size: int = 1
+    """Set from torchrun's environment when the trainer starts (:func:`medrlvr.distributed.init`)."""
+    parallel: str = "ddp"
+    """Data parallelism with several processes: ``ddp`` (DistributedDataParallel, replicated models) or
+    ``fsdp2`` (``fully_shard``: parameters, gradients and optimizer state sharded). One process: ignored."""
+    dist_timeout_s: float = 600.0
+    """Process-group timeout (``init_process_group(timeout=...)``): how long a collective waits for a rank
+    that hangs without exiting. A rank that exits is handled at once by torchrun (see medrlvr.distributed)."""
 
     @property
     def rollout_batch(self) -> int:
@@ -190,6 +197,12 @@ class TrainConfig:
             bad("temperature", "training samples need temperature > 0")
         if not 0 <= self.rank < self.world_size:
             bad("rank", f"must be in [0, world_size={self.world_size})")
+        if self.parallel not in ("ddp", "fsdp2"):
+            bad("parallel", f"{self.parallel!r} is not one of ('ddp', 'fsdp2')")
+        if self.parallel == "fsdp2" and self.lora:
+            bad("parallel", "fsdp2 with lora is not supported (use ddp: the adapter is small)")
+        if self.dist_timeout_s <= 0:
+            bad("dist_timeout_s", "must be > 0")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
         return self

@@ -1238,16 +1238,21 @@ class FastEngine:
         return W["head"](self._rms(x, W["norm"]))
 
     # ------------------------------------------------------------------------------------- sampling
-    def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator, rows: int | None = None):
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None,
+                rows: int | None = None, u: torch.Tensor | None = None):
         """One token per row (``rows`` rows of a single logits row when given); returns (tokens, log-probs)
-        with log-probs of ``log_softmax(logits / T)`` (T = 1 when greedy) in float32."""
+        with log-probs of ``log_softmax(logits / T)`` (T = 1 when greedy) in float32. ``u``: the rows'
+        uniforms in [0, 1) (float64), drawn by the caller (per-prompt generators), instead of ``gen``."""
         greedy = params.temperature == 0
         simple = greedy or ((not params.top_k or params.top_k >= logits.shape[-1]) and params.top_p >= 1.0)
         if self.lib is not None and simple and logits.dtype in (torch.bfloat16, torch.float32):
             B = rows if rows is not None else logits.shape[0]
             lg = logits.contiguous()
-            u = torch.rand(B, dtype=torch.float64, generator=gen, device=lg.device) if not greedy else \
-                torch.zeros(B, dtype=torch.float64)
+            if greedy:
+                u = torch.zeros(B, dtype=torch.float64)
+            elif u is None:
+                u = torch.rand(B, dtype=torch.float64, generator=gen, device=lg.device)
+            u = u.contiguous()
             tok = torch.empty(B, dtype=torch.long)
             lp = torch.empty(B, dtype=torch.float32)
             self.lib.fr_sample(lg.data_ptr(), int(lg.dtype == torch.bfloat16), B, lg.shape[-1],
@@ -1273,7 +1278,11 @@ class FastEngine:
             drop[:, 0] = False
             zf = zf.scatter(1, si, sz.masked_fill(drop, float("-inf")))
         cdf = torch.softmax(zf, dim=-1).cumsum(-1)
-        u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, generator=gen, device=cdf.device) * cdf[:, -1:]
+        if u is None:
+            u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, generator=gen, device=cdf.device)
+        else:
+            u = u.to(device=cdf.device, dtype=cdf.dtype).reshape(-1, 1)
+        u = u * cdf[:, -1:]
         tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
         return tok, z.gather(1, tok[:, None])[:, 0] - lse
 
@@ -1314,6 +1323,11 @@ class FastEngine:
         self._rope(Pcap + Mcap + 1)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, (1,)).item())
         gen = torch.Generator(device=dev).manual_seed(int(seed))
+        # per-prompt generators (params.prompt_seeds): the slot holding prompt g draws its rows' uniforms
+        # from g's own generator, so g's samples do not depend on which prompts share the call
+        pseeds = params.prompt_seeds
+        if pseeds is not None and len(pseeds) != len(prompts):
+            raise ValueError(f"{len(pseeds)} prompt_seeds for {len(prompts)} prompts")
         cache = _Cache(self.L, S, n, self.Hk, self.hd, Pcap, Mcap, self.dtype, dev, kernel)
         scratch = None
         if kernel:
@@ -1321,6 +1335,7 @@ class FastEngine:
                        for k, w in (("h", self.D), ("o", self.H * self.hd), ("a", self.I))}
 
         slot_tokens: list[list[int] | None] = [None] * S   # prompt whose K/V the slot's prompt cache holds
+        slot_gen: list[torch.Generator | None] = [None] * S
         stats = self.last_stats = {"prefill_tokens": 0, "shared_prefix_tokens": 0, "decode_steps": 0,
                                    "generated_tokens": 0, "kernels": kernel}
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
@@ -1382,7 +1397,11 @@ class FastEngine:
             else:
                 stats["prefill_tokens"] += len(ids)
                 logits = self._prefill_torch(ids, s, cache)
-            tk, lp = self._sample(logits, params, gen, rows=n)
+            u0 = None
+            if pseeds is not None:
+                slot_gen[s] = torch.Generator(device=dev).manual_seed(int(pseeds[g]))
+                u0 = torch.rand(n, dtype=torch.float64, generator=slot_gen[s], device=dev)
+            tk, lp = self._sample(logits, params, gen, rows=n, u=u0)
             tl, ll = tk.tolist(), lp.tolist()
             for j in range(n):
                 r = s * n + j
@@ -1431,7 +1450,18 @@ class FastEngine:
                 pos = plen[:Se].repeat_interleave(n) + tb
                 act_t = torch.tensor(act, dtype=torch.long)
                 logits = self._decode_torch(cur[:Se * n], pos, tb, plen[:Se], Se, n, cache, rows=act_t)
-            tk, lp = self._sample(logits, params, gen)
+            ua = None
+            if pseeds is not None:   # act is sorted: the rows of one slot are contiguous
+                parts, i0 = [], 0
+                while i0 < len(act):
+                    s_ = act[i0] // n
+                    i1 = i0
+                    while i1 < len(act) and act[i1] // n == s_:
+                        i1 += 1
+                    parts.append(torch.rand(i1 - i0, dtype=torch.float64, generator=slot_gen[s_], device=dev))
+                    i0 = i1
+                ua = torch.cat(parts)
+            tk, lp = self._sample(logits, params, gen, u=ua)
             tl, ll = tk.tolist(), lp.tolist()
             cur[act_t] = tk
             t[act_t] += 1

@@ -20,7 +20,12 @@ import torch
 @dataclass
 class SamplingParams:
     """Sampling settings. ``temperature=0`` means greedy. ``stop`` strings end a completion (the stop
-    string is kept in the text); ``ignore_eos`` keeps generating past EOS (benchmarks)."""
+    string is kept in the text); ``ignore_eos`` keeps generating past EOS (benchmarks).
+
+    ``prompt_seeds`` (one per prompt) seeds each prompt's samples on their own: prompt ``i``'s completions
+    then depend only on ``prompt_seeds[i]`` and the weights, not on the other prompts of the call (the
+    trainer uses it so that which rank samples a prompt does not change its samples). ``seed`` seeds the
+    whole call otherwise."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -29,6 +34,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ("</answer>",)
     seed: int | None = None
     ignore_eos: bool = False
+    prompt_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -125,10 +131,14 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 @register_engine("hf")
 class HFEngine:
     """transformers ``generate``, batched with left padding. Log-probs are not returned (the trainer
-    recomputes them with a forward pass)."""
+    recomputes them with a forward pass). With ``params.prompt_seeds`` each prompt's ``n`` samples are one
+    ``generate`` call of their own after ``torch.manual_seed(prompt_seeds[i])`` (no padding, no other
+    prompt in the batch: the samples are exactly those of the prompt alone). ``synced_gpus`` is passed to
+    ``generate`` (FSDP2: ranks that finish early keep running forwards so the all-gathers line up)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        self.synced_gpus = False
         self._stop_cache: dict[tuple[str, ...], object] = {}
 
     def _stopping(self, stop: tuple[str, ...]):
@@ -143,6 +153,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Completion]]:
+        if params.prompt_seeds is not None:
+            if len(params.prompt_seeds) != len(prompts):
+                raise ValueError(f"{len(params.prompt_seeds)} prompt_seeds for {len(prompts)} prompts")
+            out = []
+            for p, sd in zip(prompts, params.prompt_seeds):
+                one = SamplingParams(**{**params.__dict__, "seed": int(sd), "prompt_seeds": None})
+                out.extend(self.generate([p], n, one))
+            return out
         tok, model = self.tok, self.model
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -169,6 +187,8 @@ class HFEngine:
                     kw.update(eos_token_id=sorted(eos))
                 if params.stop:
                     kw.update(stopping_criteria=self._stopping(tuple(params.stop)))
+                if self.synced_gpus:
+                    kw.update(synced_gpus=True)
                 gen = model.generate(**enc, **kw)
                 plen = enc["input_ids"].shape[1]
                 for i in range(len(chunk)):

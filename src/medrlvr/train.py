@@ -13,10 +13,15 @@ One step:
    clipped surrogate (+ clipped value loss), gradient clipping, AdamW, LR schedule.
    A step whose loss or gradients are not finite is skipped and logged, never checkpointed.
 
-Simplifications (stated, as in nanochat): one process (the data shard and rank-0 logging are in
-place for data parallelism, the all-reduce is not); rollouts use the live policy weights (no
-separate inference copy); old log-probs are recomputed with a training forward rather than taken
-from the sampler, so the ratio starts at exactly 1.
+Data parallelism (``torchrun``, DDP or FSDP2) is :mod:`medrlvr.distributed`: ``prompts_per_step`` is
+the global batch, each rank samples and scores its contiguous share of it, then the update runs on
+every rank's share of each global mini-batch with all-reduced gradients; every logged number is
+global. Sampling is seeded per prompt (run seed, step, the prompt's index in the global batch), so a
+run does not depend on the number of processes.
+
+Simplifications (stated, as in nanochat): rollouts use the live policy weights (no separate
+inference copy); old log-probs are recomputed with a training forward rather than taken from the
+sampler, so the ratio starts at exactly 1.
 
 Run directory: ``config.yaml``, ``seed``, ``metrics.jsonl`` (+ TensorBoard in ``tb/``),
 ``samples.jsonl``, ``checkpoints/step_N`` (Hugging Face format + trainer state), ``final/`` (the
@@ -36,7 +41,7 @@ from typing import Any
 
 import torch
 
-from . import algos, fileio, resume as resume_mod
+from . import algos, distributed, fileio, resume as resume_mod
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
@@ -49,8 +54,9 @@ from .rollout import SamplingParams, make_engine
 
 # ----------------------------------------------------------------------------------------------- data
 class PromptStream:
-    """An endless, resumable stream over this rank's shard: epoch e visits the shard in the order of a
-    permutation seeded by (seed, e); options are re-shuffled per epoch when asked."""
+    """An endless, resumable stream over the records (``rank::world_size`` of them when given; the trainer
+    reads the global stream on every rank and slices each step's batch): epoch e visits them in the order
+    of a permutation seeded by (seed, e); options are re-shuffled per epoch when asked."""
 
     def __init__(self, records: list[MCQ], seed: int, shuffle_opts: bool, rank: int = 0, world_size: int = 1):
         self.records = records[rank::world_size]
@@ -172,6 +178,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, model=None, tokenizer=None,
                  quiet: bool = False, reward_fn=None, allow_change: tuple[str, ...] = ()):
         self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
+        distributed.init(cfg)  # torchrun's process group when WORLD_SIZE > 1; sets cfg.rank / world_size
         if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.resume)
             self._changes = resume_mod.check_drift(self.out, cfg, allow_change)
             self._resume_dir = resume_mod.find_checkpoint(self.out)
@@ -191,6 +198,7 @@ class Trainer:
         self.use_autocast = fast_bf16(dev) if ab == "auto" else bool(ab)
         self.ref = make_reference(model) if cfg.kl_coef > 0 else None
         self.critic = make_critic(model, cfg.critic) if cfg.algo == "ppo" else None
+        self.par = distributed.wrap(cfg, self.policy, self.critic, self.ref)  # DDP / FSDP2 / nothing
         params = [p for p in self.policy.parameters() if p.requires_grad]
         groups = [{"params": params, "lr": cfg.lr}]
         if self.critic is not None:
@@ -202,8 +210,10 @@ class Trainer:
         train = load_any(cfg.train_data, cfg.data_root, cfg.columns, split=None)
         ev = load_any(cfg.eval_data, cfg.data_root, cfg.columns, split=None)
         self.eval_records = ev.records[: cfg.eval_limit] if cfg.eval_limit else ev.records
-        self.stream = PromptStream(train.records, cfg.seed, cfg.shuffle_options, cfg.rank, cfg.world_size)
+        self.stream = PromptStream(train.records, cfg.seed, cfg.shuffle_options)  # global: one seed orders the data
         self.engine = make_engine(cfg.engine, self.policy, self.tok)
+        if self.par.sharded:
+            self.engine.synced_gpus = True
         self.step = 0
         self.skipped_steps = 0
         if resume:
@@ -261,19 +271,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------ rollout
     def _rollout(self) -> tuple[list[Sample], dict]:
         cfg = self.cfg
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                stop=tuple(cfg.stop), seed=cfg.seed * 1_000_003 + self.step)
         samples: list[Sample] = []
         n_groups = 0
         dropped = 0
         rounds = 0
         while True:
             need = cfg.prompts_per_step - (len(samples) // cfg.samples_per_prompt)
-            recs = self.stream.take(need)
+            lo, hi = distributed.shard_range(need, cfg.rank, cfg.world_size)  # this rank's share of the global batch
+            recs = self.stream.take(need)[lo:hi]
+            seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds) for i in range(len(recs)))
+            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    stop=tuple(cfg.stop), prompt_seeds=seeds)
             prompts = [render(r, cfg.template, self.tok, cfg.prefill_think) for r in recs]
-            groups = self.engine.generate(prompts, cfg.samples_per_prompt, params)
-            new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups, reward_fn=self.reward_fn)
-            n_groups += len(recs)
+            groups = self._generate(prompts, cfg.samples_per_prompt, params)
+            new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups + lo, reward_fn=self.reward_fn)
+            n_groups += need
             if cfg.dynamic_sampling and rounds < cfg.max_refill_rounds:
                 keep = {s.group for s in new} - {g for g in {s.group for s in new}
                                                  if len({x.reward for x in new if x.group == g}) == 1}
@@ -281,11 +293,16 @@ class Trainer:
                 new = [s for s in new if s.group in keep]
             samples.extend(new)
             rounds += 1
-            params = SamplingParams(**{**params.__dict__, "seed": params.seed + 7919})
             if not cfg.dynamic_sampling or len(samples) >= cfg.rollout_batch or rounds > cfg.max_refill_rounds:
                 break
         samples = samples[: cfg.rollout_batch]
         return samples, {"dropped_groups": dropped, "refill_rounds": rounds - 1}
+
+    def _generate(self, prompts, n, params):
+        """The rollout engine; under FSDP2 inside the root module's forward (parameters gathered)."""
+        if self.par.sharded:
+            return self.par.fwd(lambda _m: self.engine.generate(prompts, n, params))
+        return self.engine.generate(prompts, n, params)
 
     # ------------------------------------------------------------------------------------- update
     def _autocast(self):
@@ -318,17 +335,26 @@ class Trainer:
                 break
             b = pack([x.prompt_ids for x in chunk], [x.token_ids for x in chunk], self.tok.pad_token_id,
                      share_prompt=cfg.share_prompt)
-            with self._autocast():
+
+            def run(m, b=b):
+                o = r = v = None
                 if need_old:
-                    old.append(response_logprobs(self.policy, b, cfg.temperature)[0].float())
+                    o = response_logprobs(m.policy, b, cfg.temperature)[0].float()
                 if cfg.kl_coef > 0:
-                    if self.ref is not None:
-                        ref.append(response_logprobs(self.ref, b, cfg.temperature)[0].float())
+                    if m.ref is not None:
+                        r = response_logprobs(m.ref, b, cfg.temperature)[0].float()
                     else:
-                        with reference_mode(self.policy):
-                            ref.append(response_logprobs(self.policy, b, cfg.temperature)[0].float())
-                if self.critic is not None:
-                    vals.append(response_values(self.critic, b).float())
+                        with reference_mode(m.policy):
+                            r = response_logprobs(m.policy, b, cfg.temperature)[0].float()
+                if m.critic is not None:
+                    v = response_values(m.critic, b).float()
+                return o, r, v
+
+            with self._autocast():
+                o, r, v = self.par.fwd(run)
+            for lst, t in ((old, o), (ref, r), (vals, v)):
+                if t is not None:
+                    lst.append(t)
         self.policy.train()
 
         def cat(ts):
@@ -344,87 +370,117 @@ class Trainer:
         kl_tok = None
         if ref_lp is not None:
             kl_tok = algos.kl_estimate(old_lp, ref_lp, cfg.kl_estimator) * mask
-            metrics["kl"] = float(algos.masked_mean(kl_tok, mask))
+            metrics["kl"] = distributed.global_masked_mean(kl_tok, mask)
         if cfg.algo == "ppo":
             if kl_tok is not None and cfg.kl_mode == "reward":
                 rewards, _ = algos.token_rewards_with_kl(scores, old_lp, ref_lp, mask, cfg.kl_coef, cfg.kl_estimator)
             else:
                 rewards, _ = algos.token_rewards_with_kl(scores, mask, mask, mask, 0.0)
-            adv, ret = algos.gae_advantages(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+            adv, ret = algos.gae_advantages(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam, whiten=False)
+            adv = distributed.global_whiten(adv, mask)  # statistics over every rank's tokens
         else:
             kw = {"eps": cfg.grpo_eps} if cfg.algo == "grpo" else {}
             adv = algos.compute_advantages(cfg.algo, scores=scores, group_ids=gids, mask=mask, **kw)
             ret = None
-        metrics["zero_var_frac"] = algos.zero_variance_fraction(scores, gids)
+        n_groups = len(set(gids.tolist()))  # groups never straddle ranks: a global fraction of groups
+        zv = distributed.all_sum(torch.tensor([algos.zero_variance_fraction(scores, gids) * n_groups, n_groups],
+                                              dtype=torch.float64))
+        metrics["zero_var_frac"] = float(zv[0] / zv[1].clamp_min(1))
         return adv, ret, metrics
 
     def _update(self, samples, old_lp, ref_lp, values, mask, adv, ret) -> dict:
+        """``ppo_epochs`` passes of mini-batch updates over the *global* batch (``samples`` and the tensors
+        hold every rank's rows). Every rank draws the same permutation and computes its contiguous share of
+        each mini-batch; each micro-batch's loss is weighted by its share of the mini-batch's tokens (or
+        sequences, for the ``seq-mean-*`` aggregations), so the summed gradient is that of the global
+        aggregation, whatever the world size or the micro-batch size (DDP's averaging is undone by
+        :attr:`~medrlvr.distributed.Parallel.loss_scale`). Logged statistics are all-reduced sums/counts."""
         cfg = self.cfg
         N = len(samples)
         mb = cfg.mini_batch_size or N
-        micro = min(cfg.micro_batch_size, mb)
+        W = cfg.world_size
+        micro = min(cfg.micro_batch_size, max(1, mb // W))
         agg_max_len = cfg.max_new_tokens
-        stats: dict[str, list[float]] = {}
+        stats = distributed.Sums()
         skipped = 0
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gen = torch.Generator().manual_seed(cfg.seed * 31 + self.step)
+
+        def train_fwd(m, b):
+            lp, ent = response_logprobs(m.policy, b, cfg.temperature, with_entropy=True,
+                                        entropy_grad=cfg.entropy_coef != 0)
+            return lp.float(), ent, (response_values(m.critic, b).float() if m.critic is not None else None)
+
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(N, generator=gen).tolist()
             for s in range(0, N, mb):
                 idx = perm[s:s + mb]
                 if cfg.share_prompt:  # whole groups per micro-batch: one prompt forward each (same gradient)
                     idx = sorted(idx, key=lambda i: samples[i].group)
+                count = distributed.mini_batch_count(mask[idx], cfg.loss_agg)   # global normalisers
+                tok_count = float(mask[idx].sum())
+                lo, hi = distributed.shard_range(len(idx), cfg.rank, W)
+                mine = idx[lo:hi]
                 self.opt.zero_grad(set_to_none=True)
                 finite = True
-                for m in range(0, len(idx), micro):
-                    sub = idx[m:m + micro]
+                for m in range(0, len(mine), micro):
+                    sub = mine[m:m + micro]
                     b = pack([samples[i].prompt_ids for i in sub], [samples[i].token_ids for i in sub],
                              self.tok.pad_token_id, share_prompt=cfg.share_prompt)
                     T = b.response_mask.shape[1]
                     sl = torch.tensor(sub)
-                    with self._autocast():
-                        lp, ent = response_logprobs(self.policy, b, cfg.temperature, with_entropy=True,
-                                                    entropy_grad=cfg.entropy_coef != 0)
-                        lp = lp.float()
-                        vpred = response_values(self.critic, b).float() if self.critic is not None else None
-                    mk = mask[sl, :T]
-                    if epoch == 0 and s == 0:   # no optimizer step yet: the policy is the sampling one
-                        mm = _engine_mismatch(lp.detach(), [samples[i] for i in sub], mk)
-                        if mm is not None:
-                            stats.setdefault("logprob_mismatch", []).append(mm)
-                    old = old_lp[sl, :T] if old_lp is not None else lp.detach()
-                    ploss, pm = algos.policy_loss(lp, old, adv[sl, :T], mk, clip_low=cfg.clip_low,
-                                                  clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
-                                                  max_len=agg_max_len)
-                    loss = ploss
-                    if ref_lp is not None and cfg.kl_mode == "loss" and cfg.kl_coef > 0:
-                        kl = algos.kl_loss(lp, ref_lp[sl, :T], mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
-                        loss = loss + cfg.kl_coef * kl
-                    if cfg.entropy_coef:
-                        loss = loss - cfg.entropy_coef * algos.masked_mean(ent, mk)
-                    if vpred is not None:
-                        vloss, vm = algos.value_loss(vpred, values[sl, :T], ret[sl, :T], mk, clip=cfg.value_clip,
-                                                     agg=cfg.loss_agg)
-                        loss = loss + cfg.vf_coef * vloss
-                        stats.setdefault("value_loss", []).append(float(vloss.detach()))
-                        stats.setdefault("vf_clip_frac", []).append(float(vm["vf_clip_frac"]))
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
-                    (loss * len(sub) / len(idx)).backward()
-                    stats.setdefault("policy_loss", []).append(float(ploss.detach()))
-                    stats.setdefault("clip_frac", []).append(float(pm["clip_frac"]))
-                    stats.setdefault("approx_kl_old", []).append(float(pm["approx_kl"]))
-                    stats.setdefault("entropy", []).append(float(algos.masked_mean(ent, mk)))
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if finite else torch.tensor(float("nan"))
-                if not finite or not torch.isfinite(gnorm):
+                    last = m + micro >= len(mine)
+                    with self.par.no_sync(last):
+                        with self._autocast():
+                            lp, ent, vpred = self.par.fwd(train_fwd, b)
+                        mk = mask[sl, :T]
+                        ntok = float(mk.sum())
+                        w = distributed.loss_weight(mk, count, cfg.loss_agg)
+                        w_tok = ntok / max(tok_count, 1e-8)
+                        if epoch == 0 and s == 0:   # no optimizer step yet: the policy is the sampling one
+                            mm = _engine_mismatch(lp.detach(), [samples[i] for i in sub], mk)
+                            if mm is not None:
+                                stats.add("logprob_mismatch", mm * ntok, ntok)
+                        old = old_lp[sl, :T] if old_lp is not None else lp.detach()
+                        ploss, pm = algos.policy_loss(lp, old, adv[sl, :T], mk, clip_low=cfg.clip_low,
+                                                      clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                                                      agg=cfg.loss_agg, max_len=agg_max_len)
+                        loss = ploss
+                        if ref_lp is not None and cfg.kl_mode == "loss" and cfg.kl_coef > 0:
+                            kl = algos.kl_loss(lp, ref_lp[sl, :T], mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
+                            loss = loss + cfg.kl_coef * kl
+                        vloss = None
+                        if vpred is not None:
+                            vloss, vm = algos.value_loss(vpred, values[sl, :T], ret[sl, :T], mk, clip=cfg.value_clip,
+                                                         agg=cfg.loss_agg)
+                            loss = loss + cfg.vf_coef * vloss
+                        loss = loss * w
+                        ent_mean = algos.masked_mean(ent, mk)
+                        if cfg.entropy_coef:
+                            loss = loss - cfg.entropy_coef * w_tok * ent_mean
+                        # every rank must take the same branch (a collective follows)
+                        if not distributed.all_true(bool(torch.isfinite(loss))):
+                            finite = False
+                            break
+                        (loss * self.par.loss_scale).backward()
+                    cnt = w * count
+                    stats.add("policy_loss", float(ploss.detach()) * cnt, cnt)
+                    if vloss is not None:
+                        stats.add("value_loss", float(vloss.detach()) * cnt, cnt)
+                        stats.add("vf_clip_frac", float(vm["vf_clip_frac"]) * ntok, ntok)
+                    stats.add("clip_frac", float(pm["clip_frac"]) * ntok, ntok)
+                    stats.add("approx_kl_old", float(pm["approx_kl"]) * ntok, ntok)
+                    stats.add("entropy", float(ent_mean.detach()) * ntok, ntok)
+                gnorm = (distributed.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                         if finite else float("nan"))
+                if not finite or not math.isfinite(gnorm):
                     self.opt.zero_grad(set_to_none=True)
                     skipped += 1
                     continue
                 self.opt.step()
-                stats.setdefault("grad_norm", []).append(float(gnorm))
+                stats.add("grad_norm", gnorm, 1.0)
         self.sched.step()
-        out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out = stats.means()
         out["skipped_updates"] = skipped
         return out
 
@@ -436,6 +492,9 @@ class Trainer:
         t1 = time.perf_counter()
         old_lp, ref_lp, values, mask = self._score_batch(samples)
         adv, ret, ametrics = self._advantages(samples, old_lp, ref_lp, values, mask)
+        if cfg.world_size > 1:  # every rank gets the global batch (rank order = global prompt order)
+            samples, old_lp, ref_lp, values, mask, adv, ret = self._gather_batch(samples, old_lp, ref_lp, values,
+                                                                                 mask, adv, ret)
         umetrics = self._update(samples, old_lp, ref_lp, values, mask, adv, ret)
         self._check_finite_weights()
         t2 = time.perf_counter()
@@ -463,16 +522,30 @@ class Trainer:
     def _check_finite_weights(self) -> None:
         """Stop (never checkpoint) when an update left a non-finite weight; the last checkpoint stays good."""
         mods = [self.policy] + ([self.critic] if self.critic is not None else [])
-        for m in mods:
-            for name, p in m.named_parameters():
-                if p.requires_grad and not bool(torch.isfinite(p).all()):
-                    raise FloatingPointError(
-                        f"step {self.step + 1}: weight {name} is not finite after the update (lr={self.cfg.lr}, "
-                        f"max_grad_norm={self.cfg.max_grad_norm}); not checkpointed, resume from the last "
-                        f"checkpoint in {self.out / 'checkpoints'} with a smaller lr")
+        bad = next((name for m in mods for name, p in m.named_parameters() if p.requires_grad and not bool(
+            torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())), None)  # FSDP2: this rank's shard
+        if not distributed.all_true(bad is None):  # every rank stops together
+            raise FloatingPointError(
+                f"step {self.step + 1}: weight {bad or '(a shard on another rank)'} is not finite after the update "
+                f"(lr={self.cfg.lr}, max_grad_norm={self.cfg.max_grad_norm}); not checkpointed, resume from the last "
+                f"checkpoint in {self.out / 'checkpoints'} with a smaller lr")
+
+    @staticmethod
+    def _gather_batch(samples, *tensors):
+        """Every rank's samples and per-token tensors, concatenated in rank order (small: token ids and
+        (N, T) floats), so the update can draw mini-batches over the global batch."""
+        width = int(distributed.all_max(float(max(t.shape[1] for t in tensors if t is not None))))
+        allsamples = [x for part in distributed.gather_objects(samples) for x in part]
+        return (allsamples, *(distributed.gather_rows(t, width) for t in tensors))
 
     def evaluate(self, details: bool = False) -> dict:
-        return evaluate_policy(self.engine, self.eval_records, self.cfg, self.tok, details=details)
+        """Greedy evaluation, the questions sharded over ranks and the results gathered (every rank gets
+        the global figures)."""
+        if self.cfg.world_size == 1:
+            return evaluate_policy(self.engine, self.eval_records, self.cfg, self.tok, details=details)
+        return distributed.sharded_eval(
+            lambda recs: evaluate_policy(_EngineCall(self._generate), recs, self.cfg, self.tok, details=True),
+            self.eval_records, details)
 
     def train(self, max_steps: int | None = None) -> list[dict]:
         cfg = self.cfg
@@ -505,27 +578,35 @@ class Trainer:
         return history
 
     # ---------------------------------------------------------------------------------- checkpoints
-    def _state(self) -> dict:
+    def _state(self, optimizer=None, rng_ranks=None) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         return {"step": self.step, "skipped_steps": self.skipped_steps, "stream": self.stream.state(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+                "optimizer": self.opt.state_dict() if optimizer is None else optimizer,
+                "scheduler": self.sched.state_dict(), "rng": rng, "rng_ranks": rng_ranks or [rng],
+                "world_size": self.cfg.world_size, "sharded_optimizer": self.par.sharded}
 
     def save_checkpoint(self) -> Path | None:
+        # collectives first (every rank): full weights and optimizer state under FSDP2, every rank's RNG state
+        psd = self.par.full_state_dict(self.policy) if self.par.sharded else None
+        csd = self.par.full_state_dict(self.critic) if self.par.sharded and self.critic is not None else None
+        optim = self.par.optim_state(self.opt)
+        rng_ranks = distributed.gather_objects({"torch": torch.get_rng_state(), "python": random.getstate()})
         if not self.is_main:
             return None
         final = self.out / "checkpoints" / f"step_{self.step}"
 
         def write(d: Path):
-            self.policy.save_pretrained(d / "policy", safe_serialization=True)
+            self.policy.save_pretrained(d / "policy", safe_serialization=True, **({"state_dict": psd} if psd else {}))
             fileio.fault("ckpt.policy")
             self.tok.save_pretrained(d / "policy")
             fileio.fault("ckpt.tokenizer")
             if self.critic is not None:
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in self.critic.state_dict().items()}, str(d / "critic.safetensors"))
+                save_file({k: v.contiguous() for k, v in (csd or self.critic.state_dict()).items()},
+                          str(d / "critic.safetensors"))
                 fileio.fault("ckpt.critic")
-            torch.save(self._state(), d / "trainer_state.pt")
+            torch.save(self._state(optim, rng_ranks), d / "trainer_state.pt")
             fileio.fault("ckpt.state")
             (d / "step").write_text(str(self.step))  # last: marks the checkpoint complete (medrlvr.resume)
 
@@ -541,7 +622,11 @@ class Trainer:
         return final
 
     def save_final(self) -> Path:
+        """``final/`` in Hugging Face format, written by rank 0 (the full weights gathered under FSDP2)."""
         final = self.out / "final"
+        psd = self.par.full_state_dict(self.policy) if self.par.sharded else None  # a collective
+        if not self.is_main:
+            return final
         if is_lora(self.policy):  # a merged copy: the trainer keeps its adapter
             import copy
 
@@ -550,7 +635,7 @@ class Trainer:
             model = self.policy
 
         def write(d: Path):
-            model.save_pretrained(d, safe_serialization=True)
+            model.save_pretrained(d, safe_serialization=True, **({"state_dict": psd} if psd else {}))
             self.tok.save_pretrained(d)
 
         _atomic_write_dir(final, write, label="final")
@@ -565,6 +650,8 @@ class Trainer:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.policy, load_file(str(pdir / "adapter_model.safetensors")))
+        elif self.par.sharded:
+            self.par.load_full_state_dict(self.policy, load_file(str(pdir / "model.safetensors")))
         else:
             sd = load_file(str(pdir / "model.safetensors"))
             missing, unexpected = self.policy.load_state_dict(sd, strict=False)
@@ -575,14 +662,27 @@ class Trainer:
         if self.critic is not None:
             if not (d / "critic.safetensors").is_file():
                 raise FileNotFoundError(f"--resume: {d} has no critic.safetensors (not a ppo checkpoint)")
-            self.critic.load_state_dict(load_file(str(d / "critic.safetensors")))
+            csd = load_file(str(d / "critic.safetensors"))
+            if self.par.sharded:
+                self.par.load_full_state_dict(self.critic, csd)
+            else:
+                self.critic.load_state_dict(csd)
         st = torch.load(d / "trainer_state.pt", weights_only=True)  # tensors and plain containers only
-        self.opt.load_state_dict(st["optimizer"])
+        if bool(st.get("sharded_optimizer", False)) != self.par.sharded:
+            raise ValueError(f"--resume: {d} holds the optimizer state of a "
+                             f"{'parallel=fsdp2' if st.get('sharded_optimizer') else 'DDP or 1-process'} run "
+                             f"(world_size {st.get('world_size', 1)}); resume it with the same parallel mode "
+                             f"(fsdp2 with more than one process, or not)")
+        self.par.load_optim_state(self.opt, st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.stream.load_state(st["stream"])
         self.step, self.skipped_steps = int(st["step"]), int(st.get("skipped_steps", 0))
-        torch.set_rng_state(st["rng"]["torch"])
-        py = st["rng"]["python"]
+        # each rank its own RNG state; another world size: ranks without one take rank 0's (sampling is
+        # seeded per prompt and the update's permutation per step, so no run-level RNG state is consumed)
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        rng = ranks[self.cfg.rank] if self.cfg.rank < len(ranks) else ranks[0]
+        torch.set_rng_state(rng["torch"])
+        py = rng["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         if "lr" in self._changes or "critic_lr" in self._changes:  # an accepted change beats the restored state
             lrs = [self.cfg.lr, self.cfg.critic_lr][:len(self.opt.param_groups)]
@@ -592,10 +692,18 @@ class Trainer:
             self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
         for g in self.opt.param_groups:  # restored groups keep the saved values; accepted changes apply
             g["weight_decay"], g["betas"] = self.cfg.weight_decay, tuple(self.cfg.adam_betas)
-        resume_mod.clean_leftovers(self.out / "checkpoints")
+        if self.is_main:
+            resume_mod.clean_leftovers(self.out / "checkpoints")
         # lines written after the checkpoint by the interrupted run are dropped (temp file + rename)
         if self.is_main:
             resume_mod.truncate_logs(self.out, self.step)
+
+
+class _EngineCall:
+    """An engine whose ``generate`` is the trainer's (inside the FSDP2 root forward when sharded)."""
+
+    def __init__(self, fn):
+        self.generate = fn
 
 
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, max_steps: int | None = None,

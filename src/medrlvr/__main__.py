@@ -1,0 +1,10 @@
+"""``python -m medrlvr ...`` (and ``torchrun --nproc-per-node N -m medrlvr train ...``): the CLI, with
+torchrun's error recorder so a failing rank's exception is reported as the job's root cause."""
+
+import sys
+
+from .cli import main
+from .distributed import record
+
+if __name__ == "__main__":
+    sys.exit(record(main)())
