@@ -291,7 +291,12 @@ class Parallel:
             return module.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        tied = getattr(module, "_tied_weights_keys", None) or ()
+        if getattr(getattr(module, "config", None), "tie_word_embeddings", False):
+            for k in (tied.keys() if isinstance(tied, dict) else tied):  # stored once, as save_pretrained does
+                sd.pop(k, None)
+        return sd
 
     def load_full_state_dict(self, module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -428,3 +433,26 @@ def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
         out["format_ok"] = [r[1] for r in allrows]
         out["samples"] = [x for _, s in parts for x in s]
     return out
+
+
+def init_eval(timeout_s: float = 600.0) -> tuple[int, int]:
+    """``medrlvr eval`` under torchrun: join the process group (NCCL when CUDA is available, as the eval
+    then runs there, else gloo) and return (rank, world_size); (0, 1) without torchrun."""
+    rank, world, local = env_world()
+    if world > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return rank_world()
+
+
+def rank_world() -> tuple[int, int]:
+    if is_active():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if is_active():
+        dist.barrier()

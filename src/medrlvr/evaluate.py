@@ -486,6 +486,9 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
            "temperature": temperature, "max_new_tokens": max_new_tokens if mode != "loglik" else None,
            "seed": seed, "scheme": scheme if mode == "cot" else None}
     out_dir = Path(output_dir) if output_dir is not None else None
+    from .distributed import barrier, gather_objects, rank_world
+
+    rank, world = rank_world()  # under torchrun: rank r generates batches r, r + world, ...; rank 0 writes
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         cpath = out_dir / CONFIG_FILE
@@ -495,10 +498,12 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
             if diff:
                 raise ValueError(f"{out_dir} holds an evaluation with other settings {diff} (saved, now); "
                                  "use another output directory or resume=False (--overwrite)")
-        if not resume:
+        if not resume and rank == 0:
             for p in out_dir.glob("*.completions.jsonl"):
                 p.unlink()
-        cpath.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        if rank == 0:
+            cpath.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        barrier()
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -537,14 +542,15 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
             t0 = time.perf_counter()
             n_tok = 0
             bar = None
-            if progress:
+            if progress and rank == 0:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=len(items), initial=len(items) - n_todo, desc=f"eval {bench} ({mode})",
                            unit="q", dynamic_ncols=True, file=sys.stderr)
-            fh = open(cpath, "a", encoding="utf-8") if cpath is not None else None
+            fh = open(cpath, "a", encoding="utf-8") if cpath is not None and rank == 0 else None
+            computed: list = []
             try:
-                for chunk in todo:
+                for chunk in todo[rank::world]:
                     if mode == "loglik":
                         with torch.inference_mode():
                             lps = _loglik_batch(model, tokenizer, chunk)
@@ -566,6 +572,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                         if it.key in rows:     # saved by an interrupted run: keep it
                             continue
                         rows[it.key] = row
+                        computed.append((it.key, row))
                         fresh += 1
                         if fh is not None:
                             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -578,6 +585,16 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                     fh.close()
                 if bar is not None:
                     bar.close()
+            if world > 1:  # every rank's rows to every rank; rank 0 appends the others' to the file
+                fh = open(cpath, "a", encoding="utf-8") if cpath is not None and rank == 0 else None
+                for part in gather_objects(computed):
+                    for key, row in part:
+                        if tuple(key) not in rows:
+                            rows[tuple(key)] = row
+                            if fh is not None:
+                                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                if fh is not None:
+                    fh.close()
             dt = time.perf_counter() - t0
             timing[bench] = {"computed": n_todo, "seconds": round(dt, 3),
                              "questions_per_s": round(n_todo / dt, 4) if n_todo and dt > 0 else None,
@@ -601,7 +618,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                         "benchmarks": list(sets), "medrlvr_version": __version__,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "elapsed_s": round(time.perf_counter() - t_start, 3), "timing": timing}
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         write_results(results, out_dir)
     return results
 
@@ -690,8 +707,11 @@ def cmd_eval(a) -> int:
 
     from .models import load_policy
 
+    from .distributed import init_eval
+
     if a.threads:
         torch.set_num_threads(a.threads)
+    rank, _world = init_eval()  # torchrun --nproc-per-node N -m medrlvr eval ...: questions sharded over ranks
     model_path = resolve_model_dir(a.model)
     model, tok = load_policy(model_path, a.dtype, seed=a.seed)
     if torch.cuda.is_available():
@@ -703,6 +723,8 @@ def cmd_eval(a) -> int:
                    n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, columns=a.columns,
                    prefill_think=not a.no_prefill, model_name=a.model, resume=not a.overwrite,
                    progress=not a.quiet)
+    if rank:
+        return 0
     if a.json:
         print(json.dumps(res, indent=2, ensure_ascii=False))
     else:
