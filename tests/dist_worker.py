@@ -1,5 +1,6 @@
-"""Worker for tests/test_distributed.py, started by torchrun: runs the trainer jobs given in a JSON file
-one after another in the same process group. ``fail`` = [rank, step] raises RuntimeError on that rank in
+"""Worker for tests/test_distributed.py, started by torchrun: runs the trainer jobs (or ``eval`` jobs:
+keyword arguments of medrlvr.evaluate.evaluate) given in a JSON file one after another in the same
+process group. ``fail`` = [rank, step] raises RuntimeError on that rank in
 that step's update (a rank failing mid-step)."""
 
 import json
@@ -17,6 +18,13 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(1)
     spec = json.loads(open(spec_path).read())
     for job in spec["jobs"]:
+        if "eval" in job:   # medrlvr.evaluate.evaluate with the process group up: batches sharded over ranks
+            from medrlvr.evaluate import evaluate
+            from medrlvr.models import load_policy
+
+            model, tok = load_policy("tiny")
+            evaluate(model, tok, **job["eval"])
+            continue
         cfg = build_config(job["config"])
         t = Trainer(cfg, job["output"], resume=job.get("resume", False), quiet=True)
         if job.get("fail"):

@@ -38,6 +38,8 @@ GRPO = {**BASE, "algo": "grpo", "kl_coef": 0.0}
 PPO = {**BASE, "algo": "ppo", "kl_coef": 0.01}   # reference + KL in the reward, critic, whitened GAE
 GRPO4 = {**GRPO, "max_steps": 4, "save_every": 1, "keep_checkpoints": 4}
 TIMING_KEYS = ("rollout_s", "update_s", "tokens_per_s")
+EVAL = {"benchmarks": ["starter:test"], "limit": 5, "batch_size": 2, "max_new_tokens": 6, "bootstrap": 0,
+        "engine": "hf", "progress": False, "n_samples": 2}   # 3 batches over 2 ranks, sampled (seeded per batch)
 
 
 def _env():
@@ -87,7 +89,8 @@ def runs(tmp_path_factory):
             {"config": {**PPO, "parallel": "ddp"}, "output": str(d / "ppo_ddp")},
             {"config": {**GRPO4, "parallel": "fsdp2"}, "output": str(d / "grpo_fsdp2"), "max_steps": 3},
             {"config": {**PPO, "parallel": "fsdp2"}, "output": str(d / "ppo_fsdp2")},
-            {"config": GRPO4, "output": str(d / "grpo_stopped"), "max_steps": 2}]
+            {"config": GRPO4, "output": str(d / "grpo_stopped"), "max_steps": 2},
+            {"eval": {**EVAL, "output_dir": str(d / "eval_2p")}}]
     p = _torchrun({"jobs": jobs}, d / "spec.json")
     assert p.returncode == 0, p.stderr[-4000:]
     torch.set_num_threads(1)
@@ -174,6 +177,21 @@ def test_failing_rank_ends_the_job(tmp_path):
     assert "injected failure on rank 1 at step 2" in err
     assert "rank      : 1" in err or "rank: 1" in err, err[-3000:]
     assert elapsed < 120, elapsed
+
+
+def test_sharded_medrlvr_eval_equals_one_process(runs):
+    """`medrlvr eval` under torchrun: rank r generates batches r, r + 2, ...; rank 0 writes every row and
+    the results, which equal a 1-process evaluation."""
+    from medrlvr.evaluate import evaluate
+
+    d, _ = runs
+    model, tok = load_policy("tiny")
+    res1 = evaluate(model, tok, **{**EVAL, "output_dir": str(d / "eval_1p")})
+    f1, f2 = d / "eval_1p" / "starter_test.completions.jsonl", d / "eval_2p" / "starter_test.completions.jsonl"
+    assert len(f2.read_text().splitlines()) == 5
+    assert sorted(f1.read_text().splitlines()) == sorted(f2.read_text().splitlines())
+    res2 = json.loads((d / "eval_2p" / "results.json").read_text())
+    assert res2["starter:test"] == json.loads(json.dumps(res1["starter:test"]))
 
 
 def test_nproc_refuses_an_unsplittable_batch(capsys):
