@@ -142,6 +142,7 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "world_size": ("trainer.nnodes x trainer.n_gpus_per_node", "from --nnodes / --gpus-per-node: only 1 passes"),
     # fields other branches add (listed ahead so the check stays exhaustive): default only
     "parallel": ("(none)", "verl runs its own FSDP workers (--nnodes / --gpus-per-node): only the default passes"),
+    "dist_timeout_s": ("(none)", "medrlvr's process-group timeout, not used by verl: any value passes"),
     "on_alert": ("(none)", "medrlvr's monitors do not run inside verl: only the default passes"),
     "reward_no_letter": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_echo": ("(none)", "the reward file uses the scheme's default: only the default passes"),
