@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .data import BENCHMARKS, MCQ, MCQSet, load_any, shuffle_options
+from .data import BENCHMARKS, MCQ, MCQSet, shuffle_options
 from .data.records import LETTERS
 
 MODES = ("cot", "direct", "loglik")
@@ -171,6 +171,9 @@ def _bench_key(spec: str) -> str:
     base = spec.split(":")[0]
     if base in BENCHMARKS or spec.startswith("hub:"):
         return spec
+    if not Path(spec).exists() and ":" in spec:         # FILE.json:KEY, a set of a nested JSON file
+        file, _, sel = spec.rpartition(":")
+        return f"{Path(file).stem}-{_slug(sel.replace('*', 'all'))}"
     return Path(spec).stem
 
 
@@ -407,7 +410,10 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
 
 
 # ------------------------------------------------------------------------------------------ main API
-def _resolve_benchmarks(benchmarks, data_root, columns) -> dict[str, list[MCQ]]:
+def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = False) -> dict[str, list[MCQ]]:
+    """Load each benchmark / file with its own column map (``columns``: one map, or ``FILE=map;...``, see
+    :func:`medrlvr.data.loaders.columns_for_sources`); with ``skip_invalid`` the skipped records are reported
+    on stderr as ``data validate`` lists them, and a source left empty is refused."""
     if isinstance(benchmarks, str):
         benchmarks = [b for b in benchmarks.split(",") if b.strip()]
     out: dict[str, list[MCQ]] = {}
@@ -415,9 +421,13 @@ def _resolve_benchmarks(benchmarks, data_root, columns) -> dict[str, list[MCQ]]:
         for k, v in benchmarks.items():
             out[str(k)] = list(v.records if isinstance(v, MCQSet) else v)
         return out
-    for spec in benchmarks:
-        spec = spec.strip()
-        s = load_any(spec, data_root, columns)
+    from .data.commands import load_sources
+
+    specs = [b.strip() for b in benchmarks]
+    for spec in specs:
+        if specs.count(spec) > 1:
+            raise ValueError(f"benchmark {_bench_key(spec)!r} given twice")
+    for spec, s in load_sources(specs, data_root, columns, skip_invalid=skip_invalid).items():
         key = _bench_key(spec)
         if key in out:
             raise ValueError(f"benchmark {key!r} given twice")
@@ -444,14 +454,16 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
              data_root: str | os.PathLike | None = None, template: str = "r1-zero", batch_size: int | None = None,
              max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
              n_shuffles: int = 0, engine: Any = "hf", bootstrap: int = 1000, columns: str | None = None,
-             prefill_think: bool = True, scheme: str = "paper", max_batch_tokens: int | None = None,
-             model_name: str | None = None, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+             skip_invalid: bool = False, prefill_think: bool = True, scheme: str = "paper",
+             max_batch_tokens: int | None = None, model_name: str | None = None, resume: bool = True,
+             progress: bool = True) -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmarks`` and return ``{bench: metrics, ..., "_meta": {...}}``.
 
-    ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``), a
-    comma-separated string of them, or a dict ``name -> MCQSet | list[MCQ]``. ``limit`` keeps the
-    first N questions of each. ``temperature`` defaults to 0 (greedy) for one sample and 1.0 for
-    more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
+    ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``: one map,
+    or one per file, ``"a.csv=question=q;b.jsonl=options=choices"``; ``skip_invalid`` evaluates the valid
+    records and reports the others on stderr), a comma-separated string of them, or a dict
+    ``name -> MCQSet | list[MCQ]``. ``limit`` keeps the first N questions of each. ``temperature``
+    defaults to 0 (greedy) for one sample and 1.0 for more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
     original order). ``engine`` is a name in :data:`medrlvr.rollout.ENGINES` ("hf", "fast" when
     installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
     the number of resamples (0: no CI). With ``output_dir`` the run is saved and resumable (see the
@@ -475,7 +487,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
         template = "direct"
     model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or
                                    type(model).__name__)
-    sets = _resolve_benchmarks(benchmarks, data_root, columns)
+    sets = _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid)
     if limit is not None:
         sets = {k: v[:limit] for k, v in sets.items()}
 
@@ -721,7 +733,8 @@ def cmd_eval(a) -> int:
                    n_samples=a.n_samples, limit=a.limit, output_dir=out, data_root=a.data_root, template=a.template,
                    batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
                    n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, columns=a.columns,
-                   prefill_think=not a.no_prefill, model_name=a.model, resume=not a.overwrite,
+                   skip_invalid=a.skip_invalid, prefill_think=not a.no_prefill, model_name=a.model,
+                   resume=not a.overwrite,
                    progress=not a.quiet)
     if rank:
         return 0
@@ -742,7 +755,11 @@ def add_cli(subparsers):
                    help="comma-separated benchmark names[:split] (" + ", ".join(BENCHMARKS) + ") or data files")
     e.add_argument("--data-root", default=None,
                    help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
-    e.add_argument("--columns", default=None, help="column map for data files, e.g. question=q,options=A|B|C|D,gold=ans")
+    e.add_argument("--columns", default=None,
+                   help="column map for data files, e.g. question=q,options=A|B|C|D,gold=ans; one per file: "
+                        "'a.csv=question=q,gold=k;b.jsonl=options=choices,gold=label,gold_type=index0'")
+    e.add_argument("--skip-invalid", action="store_true",
+                   help="evaluate the valid records; list the skipped ones (as `data validate` does) on stderr")
     e.add_argument("--mode", default="cot", choices=MODES)
     e.add_argument("--n-samples", type=int, default=1, help="samples per question (K); K > 1 adds pass@k, maj@k")
     e.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")

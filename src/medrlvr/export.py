@@ -3,12 +3,15 @@ used where users already run verl, TRL or OpenRLHF.
 
 ``verl``: parquet rows ``{data_source, prompt: [{"role": "user", "content": ...}], ability: "medical_mcqa",
 reward_model: {style: "rule", ground_truth: gold}, extra_info: {id, split, index, n_options, options,
-raw_prompt}}``; score them with ``medrlvr.reward.verl_compute_score`` (verl's ``custom_reward_function``).
-``trl``: JSONL rows ``{prompt, gold, n_options, options, id}`` for ``GRPOTrainer`` with
+prefill_think, meta}}`` (``options`` and ``meta`` as JSON text, so that rows with different metadata keys share
+one parquet schema); score them with ``medrlvr.reward.verl_compute_score`` (verl's ``custom_reward_function``).
+``trl``: JSONL rows ``{prompt, gold, n_options, options, id, meta}`` for ``GRPOTrainer`` with
 ``medrlvr.reward.make_trl_reward_func()`` (extra columns reach reward functions as keyword arguments).
-``openrlhf``: JSONL rows ``{input, label, id, n_options}`` (``--input_key input --label_key label``).
+``openrlhf``: JSONL rows ``{input, label, id, n_options, meta}`` (``--input_key input --label_key label``).
 
-The prompt is the R1-Zero text (``template``) with ``<think>`` pre-fill unless disabled.
+``meta`` is the record's metadata: the columns a file's column map names with ``meta=``, MedQA's
+``meta_info``, MedMCQA's subject, ... . The prompt is the R1-Zero text (``template``) with ``<think>``
+pre-fill unless disabled.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def export(records: list[MCQ], fmt: str, out: str | Path, template: str = "r1-ze
                 "ability": "medical_mcqa",
                 "reward_model": {"style": "rule", "ground_truth": r.gold},
                 "extra_info": {"id": r.id, "split": r.split, "index": i, "n_options": r.n_options,
-                               "options": json.dumps(r.options), "prefill_think": prefill_think},
+                               "options": json.dumps(r.options), "prefill_think": prefill_think,
+                               "meta": json.dumps(r.meta, ensure_ascii=False, default=str)},
             })
         pq.write_table(pa.Table.from_pylist(rows), out)
     elif fmt in ("trl", "openrlhf"):
@@ -47,10 +51,11 @@ def export(records: list[MCQ], fmt: str, out: str | Path, template: str = "r1-ze
             for r in records:
                 p = render(r, template, prefill_think=prefill_think) if template != "chat" else user_content(r)
                 if fmt == "trl":
-                    row = {"prompt": p, "gold": r.gold, "n_options": r.n_options, "options": r.options, "id": r.id}
+                    row = {"prompt": p, "gold": r.gold, "n_options": r.n_options, "options": r.options, "id": r.id,
+                           "meta": r.meta}
                 else:
-                    row = {"input": p, "label": r.gold, "id": r.id, "n_options": r.n_options}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    row = {"input": p, "label": r.gold, "id": r.id, "n_options": r.n_options, "meta": r.meta}
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     else:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     return out

@@ -104,7 +104,8 @@ def load_benchmark(spec: str, data_root: str | os.PathLike | None = None, split:
 
 
 def load_any(spec: str, data_root=None, columns=None, skip_invalid: bool = False, split: str | None = None) -> MCQSet:
-    """A benchmark name, a file path (generic loader with ``columns``), or ``hub:ORG/NAME[:SPLIT]``."""
+    """A benchmark name, a file path (generic loader with ``columns``; ``FILE.json:KEY/PATH`` selects a set
+    inside a nested JSON file), or ``hub:ORG/NAME[:SPLIT]``."""
     from .loaders import load_generic, load_hub
 
     if spec.startswith("hub:"):
@@ -114,4 +115,7 @@ def load_any(spec: str, data_root=None, columns=None, skip_invalid: bool = False
         return load_benchmark(spec, data_root, split=split, skip_invalid=skip_invalid)
     if Path(spec).exists():
         return load_generic(spec, columns, split=split or "test", skip_invalid=skip_invalid)
+    base, _, select = spec.rpartition(":")
+    if base and select and Path(base).is_file():   # FILE.json:KEY, a set inside a nested JSON file
+        return load_generic(base, columns, split=split or "test", skip_invalid=skip_invalid, select=select)
     raise ValueError(f"{spec!r} is neither a benchmark ({', '.join(BENCHMARKS)}), an existing file, nor hub:ID")

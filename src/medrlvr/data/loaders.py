@@ -24,8 +24,10 @@ Column map (generic loader, CLI ``--columns``): a comma-separated list of ``key=
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,14 +44,26 @@ def _check_file(path: str | os.PathLike) -> Path:
     return p
 
 
+def _decode(raw: bytes, p: Path, line: int | None = None) -> str:
+    try:
+        return raw.decode("utf-8-sig" if line in (None, 1) else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); re-save the file as UTF-8",
+                        path=str(p), line=line) from None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)``; a malformed line yields a :class:`DataError` in place of the object
-    (so that ``skip_invalid`` can count it). Blank lines are ignored."""
+    (so that ``skip_invalid`` can count it). Blank lines are ignored, a UTF-8 BOM is stripped, and a file
+    without a single non-blank line raises :class:`DataError`."""
     p = _check_file(path)
-    with open(p, encoding="utf-8") as f:
-        for i, raw in enumerate(f, 1):
+    n = 0
+    with open(p, "rb") as f:
+        for i, raw_b in enumerate(f, 1):
+            raw = _decode(raw_b, p, i)
             if not raw.strip():
                 continue
+            n += 1
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
@@ -60,47 +74,169 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                                    field="<line>")
                 continue
             yield i, obj
+    if n == 0:
+        raise DataError("empty file: no JSON lines", path=str(p))
 
 
-def read_json(path: str | os.PathLike) -> Iterator[tuple[int | str, Any]]:
-    """A JSON file holding a list of objects (line = 1-based index) or a dict keyed by id (line = key)."""
+def _looks_like_record(v: Any) -> bool:
+    """A record has at least one scalar (text or number) value; a set of records has none."""
+    return isinstance(v, Mapping) and any(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                          for x in v.values())
+
+
+def _n_records(v: Any) -> int | None:
+    """How many records ``v`` holds when it is a set of them (a list of, or an id -> record mapping of,
+    records), else ``None``."""
+    if isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v) and _looks_like_record(v[0]):
+        return len(v)
+    if isinstance(v, Mapping) and v and all(isinstance(x, Mapping) for x in v.values()) and \
+            _looks_like_record(next(iter(v.values()))):
+        return len(v)
+    return None
+
+
+def _container_hint(data: Any, p: Path) -> DataError | None:
+    """When the top level of a JSON file holds sets of records rather than records, say what to write."""
+    if not isinstance(data, Mapping) or not data:
+        return None
+    if isinstance(data, Mapping) and all(_looks_like_record(v) for v in data.values()):
+        return None                                   # records keyed by id
+    sets = {k: n for k, v in data.items() if (n := _n_records(v)) is not None}
+    if not sets:
+        return None
+    first = next(iter(sets))
+    listed = ", ".join(f"{k!r} ({n} record{'s' if n != 1 else ''})" for k, n in list(sets.items())[:5]) + (", ..." if len(sets) > 5 else "")
+    return DataError(f"the top level is an object holding sets of records, not records: {listed}; select one with "
+                     f"{p}:{first} or --columns records={first} (records=* takes all {len(sets)})"
+                     if len(sets) > 1 else
+                     f"the top level is an object holding sets of records, not records: {listed}; select it with "
+                     f"{p}:{first} or --columns records={first}", path=str(p))
+
+
+def _select(data: Any, select: str, p: Path) -> Iterator[tuple[str, list[str], Any]]:
+    """Walk ``select`` (``setA``, ``setA/sub``, ``*``, ``*/train``) down ``data``; yield (label, wildcard parts,
+    value) per reached node."""
+    nodes: list[tuple[list[str], list[str], Any]] = [([], [], data)]
+    for part in [x for x in select.split("/") if x != ""]:
+        nxt = []
+        for where, wild, node in nodes:
+            if isinstance(node, list) and part != "*":
+                try:
+                    node_d = {part: node[int(part) - 1]} if 1 <= int(part) <= len(node) else {}
+                except ValueError:
+                    node_d = {}
+            elif isinstance(node, list):
+                node_d = {str(i): x for i, x in enumerate(node, 1)}
+            elif isinstance(node, Mapping):
+                node_d = node
+            else:
+                raise DataError(f"cannot select {part!r} inside {'/'.join(where) or 'the top level'}: it is a "
+                                f"{type(node).__name__}", path=str(p), field="records")
+            if part == "*":
+                nxt.extend((where + [str(k)], wild + [str(k)], v) for k, v in node_d.items())
+            elif part in node_d:
+                nxt.append((where + [part], wild, node_d[part]))
+            else:
+                keys = list(node_d)[:10] if isinstance(node_d, Mapping) else []
+                raise DataError(f"no key {part!r} in {'/'.join(where) or 'the top level'}; keys there: "
+                                f"{', '.join(map(str, keys))}{', ...' if len(node_d) > 10 else ''}", path=str(p),
+                                field="records")
+        nodes = nxt
+    for where, wild, node in nodes:
+        yield "/".join(where), wild, node
+
+
+def read_json(path: str | os.PathLike, select: str | None = None) -> Iterator[tuple[int | str, Any]]:
+    """A JSON file holding a list of objects (line = 1-based index) or a dict keyed by id (line = key).
+
+    ``select`` (``FILE.json:setA``, column map ``records=setA``) picks the list or id -> record mapping at
+    a ``/``-separated key path first; ``*`` stands for every key at its level (``*`` or ``*/test``). The
+    records are then labelled ``setA/KEY`` (``setA/N`` for the N-th list item). Without ``select``, a top
+    level that holds sets rather than records is refused with the selector to write."""
     p = _check_file(path)
+    text = _decode(p.read_bytes(), p)
+    if not text.strip():
+        raise DataError("empty file", path=str(p))
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg}", path=str(p), line=e.lineno) from None
-    if isinstance(data, list):
-        yield from enumerate(data, 1)
-    elif isinstance(data, dict):
-        for k, v in data.items():
-            if isinstance(v, dict):
-                v = {"__key__": k, **v}
-            yield k, v
+        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", path=str(p), line=e.lineno) from None
+    if select:
+        nodes = list(_select(data, select, p))
     else:
-        raise DataError("expected a JSON list or object at top level", path=str(p))
+        hint = _container_hint(data, p)
+        if hint is not None:
+            raise hint
+        nodes = [("", [], data)]
+    n = 0
+    for where, wild, node in nodes:
+        pre = f"{where}/" if where else ""
+        if isinstance(node, list):
+            for i, v in enumerate(node, 1):
+                n += 1
+                if isinstance(v, dict) and wild:
+                    v = {"__key__": "/".join(wild + [str(i)]), **v}
+                yield (f"{pre}{i}" if pre else i), v
+        elif isinstance(node, Mapping):
+            for k, v in node.items():
+                n += 1
+                if isinstance(v, dict):
+                    v = {"__key__": "/".join(wild + [str(k)]), **v}
+                yield f"{pre}{k}", v
+        else:
+            raise DataError(f"expected a JSON list or object {'at ' + where if where else 'at top level'}, got "
+                            f"{type(node).__name__}", path=str(p), field="records" if select else None)
+    if n == 0:
+        raise DataError(f"no records: {'the selection ' + repr(select) + ' is' if select else 'the file is'} an "
+                        "empty list or object", path=str(p))
 
 
 def read_csv(path: str | os.PathLike, header: bool = True) -> Iterator[tuple[int, Any]]:
-    """CSV rows as dicts (``header=True``) or lists; line numbers are the file's physical rows."""
+    """CSV rows as dicts (``header=True``) or lists.
+
+    The line of a record is the physical line where it *starts* (a quoted field may span lines). A UTF-8
+    BOM is stripped; a quoted field left open at the end of the file (a cut-off file) or text after a
+    closing quote is a malformed record at its starting line; an empty or header-only file raises."""
     p = _check_file(path)
-    with open(p, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        cols = None
-        for row in reader:
-            line = reader.line_num
+    text = _decode(p.read_bytes(), p)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    cols = None
+    n = 0
+    end = 0                                   # physical line where the previous record ended
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            end = reader.line_num
+            msg = (f"unterminated quoted field: the file ends inside a quote opened in the record starting here"
+                   if "unexpected end of data" in str(e) else f"malformed CSV: {e}")
             if header and cols is None:
-                cols = [c.strip() for c in row]
-                continue
+                raise DataError(msg, path=str(p), line=start, field="<header>") from None
+            n += 1
+            yield start, DataError(msg, path=str(p), line=start, field="<row>")
+            continue
+        end = reader.line_num
+        if header and cols is None:
             if not any(c.strip() for c in row):
                 continue
-            if cols is not None:
-                if len(row) != len(cols):
-                    yield line, DataError(f"expected {len(cols)} columns, got {len(row)}", path=str(p), line=line,
-                                          field="<row>")
-                    continue
-                yield line, dict(zip(cols, row))
-            else:
-                yield line, row
+            cols = [c.strip() for c in row]
+            continue
+        if not any(c.strip() for c in row):
+            continue
+        n += 1
+        if cols is not None:
+            if len(row) != len(cols):
+                yield start, DataError(f"expected {len(cols)} columns, got {len(row)}", path=str(p), line=start,
+                                       field="<row>")
+                continue
+            yield start, dict(zip(cols, row))
+        else:
+            yield start, row
+    if n == 0:
+        raise DataError(f"no records: only a header row ({', '.join(cols)})" if cols else "empty file", path=str(p))
 
 
 def read_parquet(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -112,22 +248,29 @@ def read_parquet(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         table = pq.read_table(p)
     except Exception as e:  # pyarrow raises several types for bad files
         raise DataError(f"cannot read parquet: {e}", path=str(p)) from None
+    if table.num_rows == 0:
+        raise DataError(f"no records: the table has columns ({', '.join(table.column_names)}) but no rows",
+                        path=str(p))
     yield from enumerate(table.to_pylist(), 1)
 
 
-def read_any(path: str | os.PathLike) -> Iterator[tuple[int | str, Any]]:
-    """Dispatch on the file extension: .jsonl/.ndjson, .json, .csv/.tsv, .parquet."""
+def read_any(path: str | os.PathLike, select: str | None = None) -> Iterator[tuple[int | str, Any]]:
+    """Dispatch on the file extension: .jsonl/.ndjson, .json, .csv, .parquet. ``select`` (a key path inside
+    a JSON file, see :func:`read_json`) is refused for the other types."""
     suffix = Path(path).suffix.lower()
+    if select and suffix != ".json":
+        raise DataError(f"a record selector ({select!r}) only applies to .json files", path=str(path),
+                        field="records")
     if suffix in (".jsonl", ".ndjson"):
         return read_jsonl(path)
     if suffix == ".json":
         p = _check_file(path)
-        with open(p, encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
+        with open(p, "rb") as f:
+            head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
         # A ".json" that is really JSON Lines (MedMCQA's upstream file is one).
-        if head.startswith("{") and "\n{" in head and not head.startswith("{\n"):
+        if head.startswith("{") and "\n{" in head and not head.startswith("{\n") and not select:
             return read_jsonl(path)
-        return read_json(path)
+        return read_json(path, select)
     if suffix == ".csv":
         return read_csv(path)
     if suffix == ".parquet":
@@ -308,7 +451,7 @@ def merge_sets(name: str, sets: list[MCQSet]) -> MCQSet:
 
 # ------------------------------------------------------------------------------------ generic loader
 GOLD_TYPES = ("auto", "letter", "index0", "index1", "text")
-_COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta")
+_COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta", "records")
 
 
 def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -318,6 +461,9 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     if isinstance(spec, Mapping):
         items = dict(spec)
     else:
+        if ";" in spec:
+            raise ValueError(f"column map {spec!r} holds ';': per-file maps (FILE=key=value,...;FILE2=...) are "
+                             "resolved with columns_for_sources() first")
         items = {}
         for part in spec.split(","):
             part = part.strip()
@@ -333,6 +479,62 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     if items.get("gold_type", "auto") not in GOLD_TYPES:
         raise ValueError(f"gold_type must be one of {GOLD_TYPES}, got {items['gold_type']!r}")
     return items
+
+
+def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[str]) -> dict[str, dict[str, str]]:
+    """One column map per source from a ``--columns`` value.
+
+    ``columns`` is one map (``question=q,gold=ans``: every file uses it) or ``;``-separated entries, each
+    either a map (the default for all files) or ``FILE=map`` for one file: ``"a.csv=question=q,gold=k;
+    b.jsonl=options=choices,gold=label,gold_type=index0"``. ``FILE`` is a source exactly as given or its
+    file name (``a.csv`` for ``data/a.csv``; ``nested.json:setA`` for a selected JSON set). A file's own
+    entry is merged over the default. An entry naming no source, or naming a built-in benchmark, is an
+    error. Returns ``{source: map}`` for every source."""
+    from .benchmarks import BENCHMARKS, split_name
+
+    if columns is None or isinstance(columns, Mapping):
+        base = parse_column_map(columns)
+        return {s: dict(base) for s in sources}
+    default: dict[str, str] = {}
+    own: dict[str, dict[str, str]] = {}
+    for entry in [e.strip() for e in str(columns).split(";") if e.strip()]:
+        head, eq, rest = entry.partition("=")
+        if not eq:
+            raise ValueError(f"--columns entry {entry!r} is not key=value or FILE=key=value")
+        if head.strip() in _COLUMN_KEYS:
+            default.update(parse_column_map(entry))
+            continue
+        sel = head.strip()
+        hits = [s for s in sources if s == sel or Path(s).name == sel]
+        if not hits:
+            raise ValueError(f"--columns names {sel!r}, which is not among the sources ({', '.join(sources)})")
+        if len(hits) > 1:
+            raise ValueError(f"--columns entry {sel!r} matches several sources ({', '.join(hits)}): give the path")
+        if split_name(hits[0])[0] in BENCHMARKS:
+            raise ValueError(f"--columns entry {sel!r}: {hits[0]} is a built-in benchmark, which needs no column map")
+        if hits[0] in own:
+            raise ValueError(f"--columns gives two maps for {hits[0]}")
+        own[hits[0]] = parse_column_map(rest)
+    return {s: {**default, **own.get(s, {})} for s in sources}
+
+
+def _unwrap_gold(gold: Any, path, line, field: str) -> Any:
+    """A one-element list (``["J"]``, also as JSON text in a CSV cell) stands for its element."""
+    if hasattr(gold, "tolist"):
+        gold = gold.tolist()
+    if isinstance(gold, str) and gold.strip().startswith("["):
+        try:
+            parsed = json.loads(gold)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list):
+            gold = parsed
+    if isinstance(gold, (list, tuple)):
+        if len(gold) == 1:
+            return gold[0]
+        raise DataError(f"gold is a list of {len(gold)} answers {list(gold)!r}: one correct answer per question is "
+                        "supported", path=path, line=line, field=field)
+    return gold
 
 
 def _resolve_gold(gold: Any, options: list[str], gold_type: str, path, line) -> str:
@@ -361,21 +563,109 @@ def _resolve_gold(gold: Any, options: list[str], gold_type: str, path, line) -> 
         hits = [i for i, o in enumerate(options) if " ".join(str(o).lower().split()) == norm]
         if len(hits) == 1:
             return LETTERS[hits[0]]
+        if len(hits) > 1:
+            raise bad(f"gold text {g!r} matches several options ({', '.join(LETTERS[i] for i in hits)}: duplicate "
+                      "texts); give the gold as a letter or an index")
         if gold_type == "auto" and g.isdigit():
             raise bad(f"gold {gold!r} is a number: say gold_type=index0 or gold_type=index1")
         raise bad(f"gold {gold!r} is not among the options")
     raise bad(f"gold {gold!r} is not a single letter")
 
 
+# Option objects: ``{"letter": "A", "content": ...}``, ``{"key": "A", "value": ...}``, ``{"label": "A", "text": ...}``
+# (any letter key with any text key), or a text key alone (lettered by position).
+OPTION_LETTER_KEYS = ("letter", "key", "label")
+OPTION_TEXT_KEYS = ("content", "value", "text")
+_LETTER_RE = re.compile(r"\(?\s*([A-Za-z])\s*[.):]?\s*")
+
+
+def _option_objects(options: list, path, line, field: str) -> list | dict:
+    """Turn a list of option objects into a letter -> text dict (or a list, when they carry no letter);
+    refuse any other object shape, naming its keys."""
+    if not any(isinstance(o, Mapping) for o in options):
+        return options
+    known = ", ".join(f"{a}/{b}" for a, b in zip(OPTION_LETTER_KEYS, OPTION_TEXT_KEYS))
+    letters, texts = [], []
+    for i, o in enumerate(options, 1):
+        if not isinstance(o, Mapping):
+            raise DataError(f"option {i} is a {type(o).__name__} among option objects", path=path, line=line,
+                            field=field)
+        lk = [k for k in o if k in OPTION_LETTER_KEYS]
+        tk = [k for k in o if k in OPTION_TEXT_KEYS]
+        other = [k for k in o if k not in OPTION_LETTER_KEYS + OPTION_TEXT_KEYS]
+        if len(tk) != 1 or len(lk) > 1 or other:
+            raise DataError(f"option {i} is an object with keys {list(o)}; expected one of {known} (or a text key "
+                            "alone)", path=path, line=line, field=field)
+        texts.append(o[tk[0]])
+        if lk:
+            m = _LETTER_RE.fullmatch(str(o[lk[0]]))
+            if not m:
+                raise DataError(f"option {i}: {lk[0]} {o[lk[0]]!r} is not a letter", path=path, line=line, field=field)
+            letters.append(m.group(1).upper())
+    if not letters:
+        return texts
+    if len(letters) != len(texts):
+        raise DataError("some option objects carry a letter and some do not", path=path, line=line, field=field)
+    return dict(zip(letters, texts))
+
+
+def _check_columns(rows: list, cmap: Mapping[str, str], opt_cols, meta_cols, path: str) -> None:
+    """One header-level error when a column the map needs (or the default it falls back to) is in no record;
+    it lists the columns the file has."""
+    seen: dict[str, None] = {}
+    for _, r in rows:
+        if isinstance(r, Mapping):
+            for k in r:
+                if k != "__key__":
+                    seen.setdefault(str(k), None)
+    if not seen:
+        return
+    missing: list[str] = []
+
+    def need(col: str, key: str, default: bool = False):
+        if col not in seen:
+            missing.append(f"column {col!r} ({key}={col}{', the default' if default else ''})")
+
+    need(cmap.get("question", "question"), "question", "question" not in cmap)
+    if opt_cols:
+        for c in opt_cols:
+            need(c, "options")
+    elif "options" not in seen and sum(c in seen for c in LETTERS) < 2:
+        missing.append("an options column ('options', or columns A, B, ...; say options=COL or options=C1|C2|...)")
+    if "gold" in cmap:
+        need(cmap["gold"], "gold")
+    elif "answer_idx" not in seen and "answer" not in seen:
+        missing.append("a gold column ('answer_idx' or 'answer'; say gold=COL)")
+    for key in ("id", "context"):
+        if key in cmap:
+            need(cmap[key], key)
+    for c in meta_cols:
+        need(c, "meta")
+    if missing:
+        csv_like = Path(path).suffix.lower() == ".csv"
+        raise DataError(f"not found: {'; '.join(missing)}. The file has columns: {', '.join(seen)}", path=path,
+                        line=1 if csv_like else None, field="<columns>")
+
+
 def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str | None = None,
-                 split: str = "test", skip_invalid: bool = False) -> MCQSet:
-    """Load any JSONL / JSON / CSV / parquet file of multiple-choice questions through a column map."""
+                 split: str = "test", skip_invalid: bool = False, select: str | None = None) -> MCQSet:
+    """Load any JSONL / JSON / CSV / parquet file of multiple-choice questions through a column map.
+
+    ``select`` (or the map's ``records=``) picks a set inside a nested JSON file (see :func:`read_json`).
+    Duplicate option texts are kept with a warning, as for the built-in benchmarks (``MCQSet.warnings``);
+    a gold given as text that matches two options is an error (it would be ambiguous)."""
     path = str(path)
     cmap = parse_column_map(columns)
-    name = name or Path(path).stem
+    if select and cmap.get("records") and cmap["records"] != select:
+        raise DataError(f"two record selectors: {select!r} (after the file name) and records={cmap['records']}",
+                        path=path, field="records")
+    select = select or cmap.get("records")
+    name = name or Path(path).stem + (f"-{select.replace('/', '-').replace('*', 'all')}" if select else "")
     gold_type = cmap.get("gold_type", "auto")
     opt_cols = cmap["options"].split("|") if "options" in cmap else None
     meta_cols = cmap["meta"].split("|") if "meta" in cmap else []
+    rows = list(read_any(path, select))
+    _check_columns(rows, cmap, opt_cols, meta_cols, path)
 
     def build(row, line):
         if isinstance(row, list):
@@ -384,6 +674,7 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
             raise DataError(f"expected a record, got {type(row).__name__}", path=path, line=line, field="<row>")
         qcol = cmap.get("question", "question")
         question = _req(row, qcol, path, line)
+        ocol = "options"
         if opt_cols is not None and len(opt_cols) > 1:
             options = [_req(row, c, path, line) for c in opt_cols]
         else:
@@ -404,28 +695,35 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
                                         path=path, line=line, field=ocol) from None
                 if hasattr(options, "tolist"):
                     options = options.tolist()
+                if isinstance(options, (list, tuple)):
+                    options = _option_objects(list(options), path, line, ocol)
         if isinstance(options, Mapping):
             keys = sorted(str(k).strip().upper() for k in options)
             if keys != list(LETTERS[: len(keys)]):
                 raise DataError(f"option keys must be consecutive letters from A, got {list(options)}", path=path,
-                                line=line, field="options")
+                                line=line, field=ocol)
             options = [options[k] for k in sorted(options, key=lambda k: str(k).strip().upper())]
         if not isinstance(options, (list, tuple)):
             raise DataError(f"options must be a list or a dict, got {type(options).__name__}", path=path, line=line,
-                            field="options")
+                            field=ocol)
         if len(options) < 2:
             raise DataError(f"needs at least 2 options, got {len(options)}", path=path, line=line, field="options")
+        for i, o in enumerate(options):
+            if isinstance(o, (Mapping, list, tuple)):
+                raise DataError(f"option {LETTERS[i]} is a {type(o).__name__} ({str(o)[:60]}), not text", path=path,
+                                line=line, field=ocol)
         gcol = cmap.get("gold") or ("answer_idx" if "answer_idx" in row else "answer")
-        gold = _resolve_gold(_req(row, gcol, path, line), [str(o) for o in options], gold_type, path, line)
+        gold = _unwrap_gold(_req(row, gcol, path, line), path, line, gcol)
+        gold = _resolve_gold(gold, [str(o) for o in options], gold_type, path, line)
         rid = row.get(cmap["id"]) if "id" in cmap else row.get("id", row.get("__key__"))
         if rid is None:
             rid = f"{name}-{line}"
         ctx = row.get(cmap["context"]) if "context" in cmap else row.get("context")
         meta = {c: row.get(c) for c in meta_cols}
         return make_mcq(id=rid, question=question, options=options, gold=gold, source=name, split=split,
-                        context=ctx, meta=meta, path=path, line=line)
+                        context=ctx, meta=meta, path=path, line=line, duplicate_options="warn")
 
-    return collect(f"{name}:{split}", read_any(path), build, path=path, skip_invalid=skip_invalid)
+    return collect(f"{name}:{split}", rows, build, path=path, skip_invalid=skip_invalid)
 
 
 def load_hub(dataset_id: str, split: str = "test", columns: str | Mapping[str, str] | None = None,

@@ -10,6 +10,7 @@ Every loader in :mod:`medrlvr.data` turns its source into :class:`MCQ` objects t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -105,6 +106,11 @@ class MCQSet:
     def __getitem__(self, i):
         return self.records[i]
 
+    def report_lines(self) -> list[str]:
+        """One ``invalid: FILE:LINE: field 'F': reason`` line per skipped record and one ``warning: ...`` line
+        per warning: what ``data validate`` prints, and ``eval`` / ``data show`` with ``--skip-invalid``."""
+        return [f"invalid: {sk}" for sk in self.skipped] + [f"warning: {w}" for w in self.warnings]
+
     def summary(self) -> str:
         s = f"{self.name}: {len(self.records)} records"
         if self.skipped:
@@ -155,6 +161,8 @@ def make_mcq(id: Any, question: Any, options: Any, gold: Any, source: str = "cus
     for i, t in enumerate(texts):
         if t is None or (isinstance(t, float) and t != t):
             raise err("options", f"option {LETTERS[i]} is missing")
+        if isinstance(t, (Mapping, list, tuple)):
+            raise err("options", f"option {LETTERS[i]} is a {type(t).__name__} ({str(t)[:60]}), not text")
         t = str(t).strip()
         if not t:
             raise err("options", f"option {LETTERS[i]} is empty")
@@ -198,9 +206,35 @@ def collect(name: str, rows: Iterable[tuple[int | str, Any]], build, *, path: st
             if "duplicate_options" in rec.meta:
                 warnings.append(Skipped(path, line, "options", "duplicate option texts in options "
                                         f"{', '.join(rec.meta['duplicate_options'])} (kept)"))
+            if options_in_question(rec.question, rec.options):
+                warnings.append(Skipped(path, line, "question", "the question text already lists the options "
+                                        f"(A) ... ({rec.letters[-1]}); the prompt will show them twice"))
         except DataError as e:
             if not skip_invalid:
                 raise
             skipped.append(Skipped(e.path if e.path is not None else path, e.line if e.line is not None else line,
                                    e.field, e.reason))
+    if not records and not skipped:
+        raise DataError("no records: an empty set is never what is meant", path=path)
     return MCQSet(name=name, records=records, skipped=skipped, warnings=warnings)
+
+
+def _marker(letter: str) -> str:
+    """``(A)``, ``A.``, ``A)``, ``A:`` as a standalone option marker (case-sensitive)."""
+    return rf"(?:\(\s*{letter}\s*\)|(?<![A-Za-z0-9]){letter}\s*[.):])"
+
+
+def options_in_question(question: str, options: Mapping[str, str]) -> bool:
+    """True when ``question`` already lists the options: at least half of them (and at least 2) appear
+    after their letter marker (``(A) text``, ``A. text``, ``A) text``, ``A: text``; text compared
+    case-insensitively), or it has an ``Answer Choices:`` line with ``(A)`` and ``(B)`` markers.
+    A heuristic: it only feeds a warning."""
+    q = " ".join(question.split())
+    if re.search(r"(?i:answer choices|choices|options)\s*:", q) and "(A)" in q and "(B)" in q:
+        return True
+    hits = 0
+    for letter, text in options.items():
+        t = " ".join(str(text).split())
+        if t and re.search(_marker(letter) + r"\s*(?i:" + re.escape(t) + ")", q):
+            hits += 1
+    return hits >= max(2, (len(options) + 1) // 2)

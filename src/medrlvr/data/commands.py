@@ -1,0 +1,226 @@
+"""``medrlvr data`` subcommands: ``stats``, ``validate``, ``show``, ``export``, ``contamination``.
+
+Sources are benchmark names (``NAME[:SPLIT]``), files (``.jsonl/.json/.csv/.parquet``, a nested JSON set as
+``FILE.json:KEY``) or ``hub:ID``. ``--columns`` takes one column map for every file or one per file
+(``"a.csv=question=q,gold=k;b.jsonl=options=choices"``, see :func:`medrlvr.data.loaders.columns_for_sources`).
+
+Exit codes: 0 done; 1 ``validate`` found invalid records (each listed); 2 bad input that stops the command
+(a file that cannot be read as a whole: missing, empty, header only, a column the map needs absent, a
+nested JSON without a selector; an unknown option; no valid record left after ``--skip-invalid``), printed
+as one ``medrlvr: error: FILE[:LINE]: field 'F': reason`` line by :func:`medrlvr.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from typing import TextIO
+
+from .records import DataError, MCQSet
+
+
+def _data_root_arg(p):
+    p.add_argument("--data-root", default=None,
+                   help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
+
+
+COLUMNS_HELP = ("column map for files, e.g. question=q,options=A|B|C|D,gold=ans; one per file: "
+                "'a.csv=question=q,gold=k;b.jsonl=options=choices,gold=label,gold_type=index0'")
+
+
+def report(s: MCQSet, stream: TextIO | None = None, warnings: bool = True) -> None:
+    """Print the skipped-record report of ``data validate`` (one ``invalid: FILE:LINE: ...`` line per skipped
+    record, then ``warning: ...`` lines) and a one-line count, when there is anything to say (default: stderr)."""
+    stream = stream or sys.stderr
+    if not s.skipped and not (warnings and s.warnings):
+        return
+    for sk in s.skipped:
+        print(f"invalid: {sk}", file=stream)
+    if warnings:
+        for w in s.warnings:
+            print(f"warning: {w}", file=stream)
+    print(f"{s.name}: {len(s)} valid, {len(s.skipped)} invalid (skipped), {len(s.warnings)} with warnings",
+          file=stream)
+
+
+def load_sources(sources: list[str], data_root, columns, skip_invalid: bool = False, stream: TextIO | None = None,
+                 warnings: bool = True) -> dict[str, MCQSet]:
+    """Load each source with its own column map; report what ``skip_invalid`` skipped; refuse a source left
+    with no valid record (an empty set is never what is meant)."""
+    from .benchmarks import load_any
+    from .loaders import columns_for_sources
+
+    maps = columns_for_sources(columns, sources)
+    out: dict[str, MCQSet] = {}
+    for spec in sources:
+        s = load_any(spec, data_root, maps[spec] or None, skip_invalid=skip_invalid)
+        report(s, stream, warnings=warnings)
+        if not s.records:
+            first = f"; the first: {s.skipped[0]}" if s.skipped else ""
+            raise DataError(f"no valid records: all {len(s.skipped)} were invalid{first}")
+        out[spec] = s
+    return out
+
+
+def _split_list(x: str | None) -> list[str]:
+    return [b.strip() for b in (x or "").split(",") if b.strip()]
+
+
+def cmd_data_stats(a) -> int:
+    from .benchmarks import BENCHMARKS
+
+    names = list(a.sources or []) + _split_list(a.benchmarks)
+    if not names:
+        names = list(BENCHMARKS)
+    sets = load_sources(names, a.data_root, a.columns, skip_invalid=a.skip_invalid, warnings=False)
+    out = {}
+    for spec, s in sets.items():
+        kinds = Counter(w.field for w in s.warnings)
+        out[spec] = {
+            "count": len(s),
+            "split": s.name.split(":")[-1],
+            "options_histogram": dict(sorted(Counter(r.n_options for r in s).items())),
+            "gold_distribution": dict(sorted(Counter(r.gold for r in s).items())),
+            "skipped": len(s.skipped),
+            "warnings": len(s.warnings),
+            "duplicate_options": kinds.get("options", 0),
+            "options_in_question": kinds.get("question", 0),
+        }
+    if a.json:
+        print(json.dumps(out, indent=None if a.compact else 2))
+        return 0
+    w = max(len(n) for n in out)
+    print(f"{'benchmark':<{w}}  {'split':<6} {'count':>6}  options  gold letters")
+    for n, d in out.items():
+        oh = " ".join(f"{k}:{v}" for k, v in d["options_histogram"].items())
+        gd = " ".join(f"{k}:{v}" for k, v in d["gold_distribution"].items())
+        extra = f"  ({d['skipped']} skipped)" if d["skipped"] else ""
+        extra += f"  ({d['duplicate_options']} with duplicate option texts)" if d["duplicate_options"] else ""
+        extra += f"  ({d['options_in_question']} list the options in the question)" if d["options_in_question"] else ""
+        print(f"{n:<{w}}  {d['split']:<6} {d['count']:>6}  {oh}  {gd}{extra}")
+    return 0
+
+
+def cmd_data_validate(a) -> int:
+    from .benchmarks import load_any
+    from .loaders import columns_for_sources
+
+    cmap = columns_for_sources(a.columns, [a.source])[a.source]
+    s = load_any(a.source, a.data_root, cmap or None, skip_invalid=True)   # a file-level error: exit 2 (cli.main)
+    for line in s.report_lines():
+        print(line)
+    print(f"{s.name}: {len(s)} valid, {len(s.skipped)} invalid, {len(s.warnings)} with warnings")
+    return 1 if s.skipped else 0
+
+
+def cmd_data_show(a) -> int:
+    from ..prompts import render
+
+    tok = None
+    if a.template == "chat":
+        from ..models import load_tokenizer
+
+        tok = load_tokenizer(a.model)
+    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    for r in s.records[: a.n]:
+        print(f"===== {r.id} (gold {r.gold}: {r.gold_text})")
+        print(render(r, a.template, tok, prefill_think=not a.no_prefill))
+        print()
+    return 0
+
+
+def cmd_data_export(a) -> int:
+    from ..export import export
+
+    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
+    print(f"wrote {len(s)} records to {p} ({a.format})")
+    if a.format == "openrlhf":
+        from ..integrations.openrlhf import write_reward_file
+        from ..prompts import response_prefix
+
+        rf = write_reward_file(p.parent / "medrlvr_openrlhf_reward.py",
+                               prefill=response_prefix(a.template, not a.no_prefill) or None)
+        print(f"wrote {rf} (OpenRLHF: --remote_rm_url {rf} --input_key input --label_key label)")
+    return 0
+
+
+def cmd_data_contamination(a) -> int:
+    from .transforms import contamination
+
+    if a.a == a.b:
+        raise ValueError(f"contamination of {a.a} with itself: give two different sources")
+    sets = load_sources([a.a, a.b], a.data_root, a.columns, skip_invalid=a.skip_invalid, warnings=False)
+    sa, sb = sets[a.a], sets[a.b]
+    hits = contamination(sa.records, sb.records, n=a.n, threshold=a.threshold)
+    qa = {r.id: r.question for r in sa}
+    qb = {r.id: r.question for r in sb}
+    if a.json:
+        print(json.dumps({"a": a.a, "b": a.b, "n_a": len(sa), "n_b": len(sb), "n": a.n, "threshold": a.threshold,
+                          "pairs": [{"a_id": o.a_id, "b_id": o.b_id, "kind": o.kind, "score": o.score}
+                                    for o in hits]}, indent=2))
+        return 0
+
+    def cut(t: str, k: int = 60) -> str:
+        t = " ".join(t.split())
+        return t if len(t) <= k else t[: k - 3] + "..."
+
+    if hits:
+        wa = max(len("a id"), *(len(o.a_id) for o in hits))
+        wb = max(len("b id"), *(len(o.b_id) for o in hits))
+        print(f"{'a id':<{wa}}  {'b id':<{wb}}  kind   score  a question | b question")
+        for o in hits[: a.max_pairs] if a.max_pairs else hits:
+            print(f"{o.a_id:<{wa}}  {o.b_id:<{wb}}  {o.kind:<5}  {o.score:.3f}  {cut(qa[o.a_id])} | {cut(qb[o.b_id])}")
+        if a.max_pairs and len(hits) > a.max_pairs:
+            print(f"... {len(hits) - a.max_pairs} more pairs (--max-pairs 0 prints all)")
+    kinds = Counter(o.kind for o in hits)
+    print(f"{len(hits)} of {len(sa)} questions of {a.a} overlap {a.b} ({len(sb)} questions): {kinds.get('exact', 0)} "
+          f"exact, {kinds.get('ngram', 0)} by {a.n}-grams (>= {a.threshold:g} of their {a.n}-grams)")
+    return 0
+
+
+def add_cli(sub) -> None:
+    """Register ``data`` and its subcommands on an argparse ``subparsers`` object."""
+    d = sub.add_parser("data", help="inspect, validate, render, export and compare question sets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("stats", help="count, option-count histogram and gold-letter distribution per source")
+    s.add_argument("sources", nargs="*", help="benchmark names[:split] or files (default: all benchmarks)")
+    _data_root_arg(s)
+    s.add_argument("--benchmarks", default=None, help="comma-separated names or files (added to SOURCES)")
+    s.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    s.add_argument("--json", action="store_true", help="one JSON object keyed by source")
+    s.add_argument("--compact", action="store_true", help="with --json: on one line")
+    s.add_argument("--skip-invalid", action="store_true", help="count the valid records, report the others")
+    s.set_defaults(func=cmd_data_stats)
+    for name, fn, hlp in (("validate", cmd_data_validate,
+                           "check every record; exit 1 if any is invalid, 2 if the file cannot be read at all"),
+                          ("show", cmd_data_show, "print rendered prompts"),
+                          ("export", cmd_data_export, "write verl / TRL / OpenRLHF data files")):
+        x = dsub.add_parser(name, help=hlp)
+        x.add_argument("source", help="benchmark name[:split], a file (.jsonl/.json/.csv/.parquet; FILE.json:KEY "
+                                      "for a set inside a nested JSON) or hub:ID")
+        _data_root_arg(x)
+        x.add_argument("--columns", default=None, help=COLUMNS_HELP)
+        if name != "validate":
+            x.add_argument("--skip-invalid", action="store_true", help="load the valid records, report the others")
+            x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"])
+            x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
+        if name == "show":
+            x.add_argument("--n", type=int, default=3)
+            x.add_argument("--model", default="smollm2-135m", help="tokenizer for --template chat")
+        if name == "export":
+            x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf"])
+            x.add_argument("--out", required=True)
+        x.set_defaults(func=fn)
+    c = dsub.add_parser("contamination", help="questions of A that also appear in B (exact or by word n-grams)")
+    c.add_argument("a", help="the set to check (benchmark name[:split] or file), e.g. your training file")
+    c.add_argument("b", help="the set to check against, e.g. a test benchmark")
+    _data_root_arg(c)
+    c.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    c.add_argument("--n", type=int, default=8, help="word n-gram length (default 8)")
+    c.add_argument("--threshold", type=float, default=0.5, help="fraction of A's n-grams found in one B question")
+    c.add_argument("--max-pairs", type=int, default=50, help="pairs printed (0: all; --json prints all)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--skip-invalid", action="store_true")
+    c.set_defaults(func=cmd_data_contamination)
