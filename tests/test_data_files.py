@@ -281,6 +281,8 @@ def test_columns_per_file(tmp_path, capsys):
                      ("b.jsonl", "not key=value")):
         with pytest.raises(ValueError, match=msg):
             columns_for_sources(bad, [str(a), str(b), "starter"])
+    # load_any (train / sft data) takes the same value and uses this source's entry
+    assert load_any(str(b), columns=cols)[0].meta == {"subject": "physio"}
     assert main(["data", "stats", str(a), str(b), "--columns", cols, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[str(a)]["count"] == 2 and out[str(a)]["gold_distribution"] == {"A": 1, "B": 1}

@@ -106,8 +106,10 @@ def load_benchmark(spec: str, data_root: str | os.PathLike | None = None, split:
 def load_any(spec: str, data_root=None, columns=None, skip_invalid: bool = False, split: str | None = None) -> MCQSet:
     """A benchmark name, a file path (generic loader with ``columns``; ``FILE.json:KEY/PATH`` selects a set
     inside a nested JSON file), or ``hub:ORG/NAME[:SPLIT]``."""
-    from .loaders import load_generic, load_hub
+    from .loaders import columns_for_sources, load_generic, load_hub
 
+    if isinstance(columns, str) and ";" in columns:   # per-file maps: this source's entry over the default
+        columns = columns_for_sources(columns, [spec], strict=False)[spec]
     if spec.startswith("hub:"):
         ds, _, sp = spec[4:].partition(":")
         return load_hub(ds, split=sp or split or "test", columns=columns, skip_invalid=skip_invalid)

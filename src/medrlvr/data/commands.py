@@ -90,7 +90,7 @@ def cmd_data_stats(a) -> int:
     if a.json:
         print(json.dumps(out, indent=None if a.compact else 2))
         return 0
-    w = max(len(n) for n in out)
+    w = max(len("benchmark"), *(len(n) for n in out))
     print(f"{'benchmark':<{w}}  {'split':<6} {'count':>6}  options  gold letters")
     for n, d in out.items():
         oh = " ".join(f"{k}:{v}" for k, v in d["options_histogram"].items())
@@ -135,7 +135,7 @@ def cmd_data_export(a) -> int:
 
     s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
     p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
-    print(f"wrote {len(s)} records to {p} ({a.format})")
+    print(f"wrote {len(s)} record{'' if len(s) == 1 else 's'} to {p} ({a.format})")
     if a.format == "openrlhf":
         from ..integrations.openrlhf import write_reward_file
         from ..prompts import response_prefix

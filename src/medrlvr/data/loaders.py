@@ -19,6 +19,16 @@ Column map (generic loader, CLI ``--columns``): a comma-separated list of ``key=
     ``index0`` or ``index1``: a ``1`` is ambiguous).
 ``id=COL``, ``context=COL``, ``meta=COL1|COL2``
     optional id (default: ``<name>-<line>``), context text, and columns copied to ``meta``.
+``records=KEY[/KEY...]``
+    in a nested JSON file, the set of records to load (the same as ``FILE.json:KEY``); ``*`` takes every
+    key at its level.
+
+An options column may hold a list of texts, a letter -> text object, or a list of option objects
+``{"letter"|"key"|"label": "A", "content"|"value"|"text": "..."}`` (or a text key alone); other object
+shapes are refused. A gold given as a one-element list (``["J"]``) stands for its element.
+Several files, several maps: see :func:`columns_for_sources` (``"a.csv=question=q;b.jsonl=gold=label"``).
+The file as a whole is checked before any record: an empty or header-only file, or a column the map
+needs that no record has, is one error (listing the file's columns) rather than one per record.
 """
 
 from __future__ import annotations
@@ -107,7 +117,7 @@ def _container_hint(data: Any, p: Path) -> DataError | None:
     first = next(iter(sets))
     listed = ", ".join(f"{k!r} ({n} record{'s' if n != 1 else ''})" for k, n in list(sets.items())[:5]) + (", ..." if len(sets) > 5 else "")
     return DataError(f"the top level is an object holding sets of records, not records: {listed}; select one with "
-                     f"{p}:{first} or --columns records={first} (records=* takes all {len(sets)})"
+                     f"{p}:{first} or --columns records={first} (records=* takes all {len(sets)} sets)"
                      if len(sets) > 1 else
                      f"the top level is an object holding sets of records, not records: {listed}; select it with "
                      f"{p}:{first} or --columns records={first}", path=str(p))
@@ -481,7 +491,8 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     return items
 
 
-def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[str]) -> dict[str, dict[str, str]]:
+def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[str],
+                        strict: bool = True) -> dict[str, dict[str, str]]:
     """One column map per source from a ``--columns`` value.
 
     ``columns`` is one map (``question=q,gold=ans``: every file uses it) or ``;``-separated entries, each
@@ -489,7 +500,8 @@ def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[s
     b.jsonl=options=choices,gold=label,gold_type=index0"``. ``FILE`` is a source exactly as given or its
     file name (``a.csv`` for ``data/a.csv``; ``nested.json:setA`` for a selected JSON set). A file's own
     entry is merged over the default. An entry naming no source, or naming a built-in benchmark, is an
-    error. Returns ``{source: map}`` for every source."""
+    error (``strict=False``: ignored, for a caller that loads one source of several). Returns ``{source: map}``
+    for every source."""
     from .benchmarks import BENCHMARKS, split_name
 
     if columns is None or isinstance(columns, Mapping):
@@ -506,6 +518,8 @@ def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[s
             continue
         sel = head.strip()
         hits = [s for s in sources if s == sel or Path(s).name == sel]
+        if not hits and not strict:
+            continue
         if not hits:
             raise ValueError(f"--columns names {sel!r}, which is not among the sources ({', '.join(sources)})")
         if len(hits) > 1:
