@@ -77,3 +77,18 @@ def test_cue_rewrite_reads_the_same_letters(s):
     new = [(m.span(), m.groups()) for m in R._CUE_RE.finditer(s)]
     assert new == old
     assert extract_letter(s, 4) == extract_letter(s, 4)  # deterministic
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(), max_size=60))
+def test_non_space_len_counts_non_space_characters(s):
+    assert R._non_space_len(s) == sum(1 for ch in s if not ch.isspace())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(), max_size=60))
+def test_norm_text_matches_the_substitute_and_split_form(s):
+    import unicodedata
+
+    old = " ".join(R._NONWORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).split())
+    assert R._norm_text(s) == old

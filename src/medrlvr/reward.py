@@ -319,6 +319,7 @@ _TOKEN_RE = re.compile(r"(?<![A-Za-z0-9'’\-.])([A-Z])(?![A-Za-z0-9'’\-])(?!\
 _LATEX_RE = re.compile(r"\\(?:boxed|text|textbf|mathbf|mathrm)\s*")
 _MARKUP_RE = re.compile(r"[*_`~$]+")
 _NONWORD_RE = re.compile(r"[\W_]+")
+_WORD_RUN_RE = re.compile(r"[^\W_]+")  # the runs _NONWORD_RE separates (one pass, no intermediate string)
 
 
 def _clean(s: str) -> str:
@@ -384,7 +385,7 @@ def _mentioned_letters(s: str) -> set[str]:
 
 def _norm_text(s: str) -> str:
     """Case-, space- and punctuation-insensitive form used for option-text matching."""
-    return " ".join(_NONWORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).split())
+    return " ".join(_WORD_RUN_RE.findall(unicodedata.normalize("NFKC", s).casefold()))
 
 
 def _normalize_options(options: Any) -> dict[str, str]:
@@ -524,7 +525,9 @@ def extract_letter(
 
 
 def _non_space_len(s: str) -> int:
-    return sum(1 for ch in s if not ch.isspace())
+    # str.split() splits on exactly the characters str.isspace() accepts; C speed (a per-character
+    # generator was two thirds of the scoring time of a 4 KB completion)
+    return len("".join(s.split()))
 
 
 def detect_flags(
