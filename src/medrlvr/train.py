@@ -221,6 +221,7 @@ class Trainer:
         elif self.is_main:
             for f in ("metrics.jsonl", "samples.jsonl"):
                 (self.out / f).unlink(missing_ok=True)
+            shutil.rmtree(self.out / "tb", ignore_errors=True)  # a fresh start: no stale TensorBoard steps
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
             fileio.atomic_write_text(self.out / "seed", f"{cfg.seed}\n", label="seed")
