@@ -9,8 +9,21 @@ detokenisation). First, a greedy check: fp32 fast engine vs ``generate`` on 20 s
 (identical tokens expected). Prints new tokens per second for each run and, last,
 ``tokens_per_s=<fast> speedup=<fast / hf>``.
 
+Every fast-engine run is also put against the machine's own limit (:mod:`medrlvr.roofline`): before the
+runs, in the same process, the GEMM rate at the model's linear shapes (decode rows and prompt length,
+engine dtype) and the memory read bandwidth are measured, and each run prints its limit and
+``fraction_of_limit=`` (limit seconds / measured seconds), next to the CPU model and flags. On a shared
+machine both the work and the limit are slowed by the others' load, so the fraction stays comparable
+where raw tokens/s do not.
+
+``--rows 8,32,128``: instead, time the fast engine at each row count (``rows / n`` prompts, batch size =
+rows) and print tokens/s and fraction_of_limit for each. ``--compare-kernels``: time the bf16 engine
+with the C++ kernels and with the PyTorch path alternately (kernels, torch, kernels, torch) and print
+``kernels_over_torch=``.
+
     python bench/rollout_throughput.py [--prompts 8] [--n 4] [--max-new-tokens 256] [--dtype auto|bf16|fp32]
                                        [--threads N] [--skip-hf] [--hf-max-new-tokens K]
+                                       [--rows 8,32,128] [--compare-kernels]
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch
 
 import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
+from medrlvr import roofline
 from medrlvr.data import load_benchmark
 from medrlvr.models import load_policy
 from medrlvr.prompts import render
@@ -73,15 +87,23 @@ def main() -> None:
     ap.add_argument("--greedy-check", type=int, default=20, help="prompts for the greedy fp32 check (0 = skip)")
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--data-root", default=str(ROOT / ".." / "shared" / "data"))
+    ap.add_argument("--rows", default="", help="comma-separated row counts: time the fast engine at each")
+    ap.add_argument("--compare-kernels", action="store_true", help="bf16: C++ kernels vs the PyTorch path")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting in --rows/--compare-kernels")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model, tok = load_policy("smollm2-135m")
     model.eval()
-    recs = load_benchmark("medqa-4opt:test", data_root=args.data_root).records[: args.prompts]
-    prompts = [render(r, "r1-zero") for r in recs]
-    plens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    shape = roofline.ModelShape.from_config(model.config)
+    rows_list = [int(x) for x in args.rows.split(",") if x.strip()]
+    n_prompts = max([args.prompts] + [-(-r // args.n) for r in rows_list])
+    recs = load_benchmark("medqa-4opt:test", data_root=args.data_root).records[:n_prompts]
+    all_prompts = [render(r, "r1-zero") for r in recs]
+    all_plens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in all_prompts]
+    prompts, plens = all_prompts[:args.prompts], all_plens[:args.prompts]
+    print(roofline.cpu_summary(), flush=True)
     print(f"model smollm2-135m (fp32 policy), {len(prompts)} prompts x {args.n} samples, prompt tokens "
           f"min/mean/max {min(plens)}/{sum(plens) / len(plens):.0f}/{max(plens)}, {args.max_new_tokens} new tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
@@ -89,22 +111,62 @@ def main() -> None:
     warm = SamplingParams(max_new_tokens=4, temperature=1.0, stop=(), ignore_eos=True, seed=0)
 
     fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size)
-    run(fast, prompts[:1], args.n, warm)
+    edt = "bf16" if fast.dtype == torch.bfloat16 else "fp32"
+    decode_rows = sorted({min(args.batch_size, len(prompts) * args.n)} | set(rows_list))
+    t0 = time.perf_counter()
+    mach = roofline.measure(shape, decode_rows + [round(sum(all_plens) / len(all_plens))], edt)
+    print(f"{roofline.describe_machine(mach, shape)} (took {time.perf_counter() - t0:.1f} s)", flush=True)
+    dbytes = 2 if edt == "bf16" else 4
 
-    def time_fast(tag: str) -> float:
-        dt, ntok = run(fast, prompts, args.n, params)
-        st = fast.last_stats
-        print(f"fast ({fast.dtype}{', kernels' if st.get('kernels') else ''}) [{tag}]: {ntok} tokens in {dt:.2f} s = "
+    def limit_for(nprompts: int, batch_rows: int) -> roofline.Limit:
+        return roofline.rollout_limit(shape, mach, all_plens[:nprompts], args.n, args.max_new_tokens, batch_rows,
+                                      dtype_bytes=dbytes)
+
+    def time_engine(eng, ps, tag: str, batch_rows: int) -> tuple[float, float]:
+        dt, ntok = run(eng, ps, args.n, params)
+        st = eng.last_stats
+        print(f"fast ({eng.dtype}{', kernels' if st.get('kernels') else ''}) [{tag}]: {ntok} tokens in {dt:.2f} s = "
               f"{ntok / dt:.1f} tokens/s; prefilled {st['prefill_tokens']} prompt tokens "
               f"(+{st['shared_prefix_tokens']} reused), {st['decode_steps']} decode steps, kernel threads "
               f"{st.get('kernel_threads', '-')}; peak RSS so far {peak_rss_mb():.0f} MB", flush=True)
-        return ntok / dt
+        lim = limit_for(len(ps), batch_rows)
+        print("  " + roofline.report(f"{tag}, {len(ps) * args.n} rows", lim, dt,
+                                     f"{len(ps)} prompts x {args.n} x {args.max_new_tokens} tokens"), flush=True)
+        return ntok / dt, lim.seconds / dt
 
+    if args.compare_kernels:
+        ek = make_engine("fast", model, tok, dtype="bf16", batch_size=args.batch_size, kernels=True)
+        et = make_engine("fast", model, tok, dtype="bf16", batch_size=args.batch_size, kernels=False)
+        br = min(args.batch_size, len(prompts) * args.n)
+        for e in (ek, et):
+            run(e, prompts[:1], args.n, warm)
+        res = {"kernels": [], "torch": []}
+        for i in range(args.repeats):
+            res["kernels"].append(time_engine(ek, prompts, f"C++ kernels, run {i + 1}", br)[0])
+            res["torch"].append(time_engine(et, prompts, f"PyTorch bf16, run {i + 1}", br)[0])
+        k, t_ = (sum(v) / len(v) for v in (res["kernels"], res["torch"]))
+        print(f"kernels_tokens_per_s={k:.1f} torch_tokens_per_s={t_:.1f} kernels_over_torch={k / t_:.2f}")
+        return
+    if rows_list:
+        run(fast, prompts[:1], args.n, warm)
+        summary = []
+        for r in rows_list:
+            eng = make_engine("fast", model, tok, dtype=args.dtype, batch_size=r)
+            run(eng, prompts[:1], args.n, warm)
+            ps = all_prompts[:max(1, r // args.n)]
+            got = [time_engine(eng, ps, f"{r} rows, run {i + 1}", r) for i in range(args.repeats)]
+            tps = sum(g[0] for g in got) / len(got)
+            frac = sum(g[1] for g in got) / len(got)
+            summary.append(f"rows={r} tokens_per_s={tps:.1f} fraction_of_limit={frac:.3f}")
+        print("; ".join(summary))
+        return
+    run(fast, prompts[:1], args.n, warm)
+    br = min(args.batch_size, len(prompts) * args.n)
     if args.greedy_check:
         greedy_check(model, tok, args)
-    tps = [time_fast("run 1")]
+    tps = [time_engine(fast, prompts, "run 1", br)]
     if args.skip_hf:
-        print(f"tokens_per_s={tps[0]:.1f} speedup=nan")
+        print(f"tokens_per_s={tps[0][0]:.1f} speedup=nan fraction_of_limit={tps[0][1]:.3f}")
         return
     hf = make_engine("hf", model, tok, batch_size=args.batch_size)
     run(hf, prompts[:1], args.n, warm)
@@ -117,9 +179,10 @@ def main() -> None:
     print(f"hf (transformers generate, fp32): {ntok} tokens in {dt:.2f} s = {hf_tps:.1f} tokens/s{note}; "
           f"peak RSS so far {peak_rss_mb():.0f} MB", flush=True)
     # the machine may be shared: time the fast engine again after hf and use the mean of both runs
-    tps.append(time_fast("run 2, after hf"))
-    fast_tps = sum(tps) / len(tps)
-    print(f"tokens_per_s={fast_tps:.1f} speedup={fast_tps / hf_tps:.1f}")
+    tps.append(time_engine(fast, prompts, "run 2, after hf", br))
+    fast_tps = sum(x[0] for x in tps) / len(tps)
+    frac = sum(x[1] for x in tps) / len(tps)
+    print(f"tokens_per_s={fast_tps:.1f} speedup={fast_tps / hf_tps:.1f} fraction_of_limit={frac:.3f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,12 @@ reward curves are flat for both; ``--reward shaped --lr 5e-5 --steps 10`` gives 
 compare (the reward mean per step of each, and their mean and spread over the steps).
 
 Prints seconds per step for each, the reward per step for each, and last the line
-`ratio=<ours / TRL>`.
+`ratio=<ours / TRL>`. Our update (old/reference scoring + forward and backward, ``update_s`` of the step)
+is also put against the machine's own limit (:mod:`medrlvr.roofline`, measured in this run at the
+training shapes and dtype): the FLOPs of 3 forwards per epoch (+ scoring forwards) over the real
+prompt + response tokens, and ``update_fraction_of_limit=`` (limit / measured seconds, steps 2..N);
+the rollout's own fraction likewise (``rollout_fraction_of_limit=``; its limit assumes every sample
+generated the step's mean response length).
 """
 
 from __future__ import annotations
@@ -43,9 +48,19 @@ def run_ours(args, workdir) -> tuple[list[float], list[float]]:
     cfg = build_config(None, ov)
     t = Trainer(cfg, os.path.join(workdir, "ours"), quiet=True)
     times, rewards = [], []
+    captured: list = []
+    write = t._write_samples
+
+    def keep(samples):
+        captured.append([(len(x.prompt_ids), len(x.token_ids)) for x in samples])
+        return write(samples)
+
+    t._write_samples = keep
+    args.ours_records, args.ours_samples, args.ours_trainer = [], captured, t
     for _ in range(args.steps):
         t0 = time.perf_counter()
         rec = t.train_step()
+        args.ours_records.append(rec)
         times.append(time.perf_counter() - t0)
         rewards.append(rec["reward_mean"])
         print(f"  ours step {len(times)}: {times[-1]:.2f} s  reward {rec['reward_mean']:+.3f}  "
@@ -132,8 +147,44 @@ def main(argv=None) -> int:
     sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
     print(f"mean reward: medrlvr {statistics.mean(our_r):+.3f} (sd {sd(our_r):.3f} over steps)  "
           f"TRL {statistics.mean(trl_r):+.3f} (sd {sd(trl_r):.3f})")
+    print(limits_line(args))
     print(f"ratio={ours / theirs:.3f}")
     return 0
+
+
+def limits_line(args) -> str:
+    """The update's (and the rollout's) fraction of this machine's limit, measured now, steps 2..N."""
+    from medrlvr import roofline
+
+    t = args.ours_trainer
+    cfg = t.cfg
+    shape = roofline.ModelShape.from_config(t.policy.config)
+    bf16 = args.dtype_mode == "bf16-autocast"
+    dt, nb = ("bf16", 2) if bf16 else ("fp32", 4)
+    steps = list(zip(args.ours_records, args.ours_samples))[1:]
+    seq = [p + r for _, smp in steps for p, r in smp]
+    mb_tokens = cfg.micro_batch_size * sum(seq) / max(len(seq), 1)
+    rows = cfg.prompts_per_step * cfg.samples_per_prompt
+    plens = [p for _, smp in steps[:1] for p, _ in smp[::cfg.samples_per_prompt]]
+    mach = roofline.measure(shape, [rows, round(sum(plens) / max(len(plens), 1)), round(mb_tokens)], dt)
+    print(roofline.cpu_summary())
+    print(roofline.describe_machine(mach, shape))
+    scoring = (0 if t._single_update() else 1) + (1 if cfg.kl_coef > 0 else 0)
+    up_lim = ro_lim = roofline.Limit()
+    up_s = ro_s = 0.0
+    for rec, smp in steps:
+        up_lim = up_lim + roofline.training_limit(shape, mach, [p + r for p, r in smp], cfg.micro_batch_size,
+                                                  scoring_passes=scoring, epochs=cfg.ppo_epochs, dtype_bytes=nb)
+        gen = max(1, round(sum(r for _, r in smp) / len(smp)))
+        ro_lim = ro_lim + roofline.rollout_limit(shape, mach, [p for p, _ in smp[::cfg.samples_per_prompt]],
+                                                 cfg.samples_per_prompt, gen, rows, dtype_bytes=nb)
+        up_s += rec["update_s"]
+        ro_s += rec["rollout_s"]
+    print(roofline.report("update, steps 2..N", up_lim, up_s, f"{len(seq)} sequences, {sum(seq)} tokens, "
+                          f"{scoring} scoring + {cfg.ppo_epochs} fwd/bwd passes, {dt}"))
+    print(roofline.report("rollout, steps 2..N", ro_lim, ro_s))
+    return (f"update_fraction_of_limit={up_lim.seconds / max(up_s, 1e-9):.3f} "
+            f"rollout_fraction_of_limit={ro_lim.seconds / max(ro_s, 1e-9):.3f}")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,8 @@ def tiny():
 def test_loglik_batched_equals_one_by_one(tiny):
     model, tok = tiny
     recs = load_benchmark("starter:test").records[:10]
-    res = evaluate(model, tok, {"s": recs}, mode="loglik", output_dir=None, progress=False, batch_size=4)
+    res = evaluate(model, tok, {"s": recs}, mode="loglik", output_dir=None, progress=False, batch_size=4,
+                   scoring_dtype="fp32")
     model.eval()
     want = []
     with torch.no_grad():
@@ -336,7 +337,8 @@ def test_loglik_multi_token_letters_fallback(tiny, monkeypatch, tmp_path):
 
     monkeypatch.setattr(ev, "encode", split_letters)
     recs = load_benchmark("starter:test").records[:3]
-    res = evaluate(model, tok, {"s": recs}, mode="loglik", progress=False, bootstrap=0, output_dir=tmp_path)
+    res = evaluate(model, tok, {"s": recs}, mode="loglik", progress=False, bootstrap=0, output_dir=tmp_path,
+                   scoring_dtype="fp32")
     saved = {json.loads(x)["id"]: json.loads(x)["samples"][0]["logprobs"]
              for x in (tmp_path / "s.completions.jsonl").read_text().splitlines()}
     model.eval()
@@ -368,3 +370,28 @@ def test_engine_choice(tiny, capsys):
     assert "fast" in ENGINES
     f = evaluate(model, tok, {"s": recs}, mode="direct", engine="fast", progress=False, bootstrap=0)
     assert f["_meta"]["engine"] == "fast" and f["s"]["n"] == 2
+
+
+def test_loglik_bf16_scoring_where_native_and_the_opt_out(tiny, monkeypatch, tmp_path):
+    """scoring_dtype="auto" runs the loglik forward under bf16 autocast where bf16 is native (forced here
+    with MEDRLVR_BF16=1) and fp32 where it is not; "fp32" opts out. bf16 log-probs stay close to fp32's."""
+    model, tok = tiny
+    recs = load_benchmark("starter:test").records[:6]
+    out = {}
+    for env, sd in (("1", "auto"), ("0", "auto"), ("1", "fp32")):
+        monkeypatch.setenv("MEDRLVR_BF16", env)
+        d = tmp_path / f"{env}{sd}"
+        r = evaluate(model, tok, {"s": recs}, mode="loglik", progress=False, bootstrap=0, output_dir=d,
+                     scoring_dtype=sd)
+        lps = {json.loads(x)["id"]: json.loads(x)["samples"][0]["logprobs"]
+               for x in (d / "s.completions.jsonl").read_text().splitlines()}
+        out[(env, sd)] = (r["_meta"]["scoring_dtype"], lps)
+    assert out[("1", "auto")][0] == "bf16"
+    assert out[("0", "auto")][0] == "float32" and out[("1", "fp32")][0] == "float32"
+    a, b = out[("1", "auto")][1], out[("1", "fp32")][1]
+    assert b == out[("0", "auto")][1]
+    diffs = [abs(a[q][L] - b[q][L]) for q in b for L in b[q]]
+    assert max(diffs) < 0.1            # bf16 rounding of a random tiny model, not a different computation
+    assert max(diffs) > 0              # and it did run in bf16
+    with pytest.raises(ValueError, match="scoring_dtype"):
+        evaluate(model, tok, {"s": recs}, mode="loglik", progress=False, scoring_dtype="fp16")

@@ -276,11 +276,12 @@ def _loglik_batch(model, tokenizer, items: list[_Item]) -> list[dict[str, float]
         b = pack([it.ids for it in items], [[letter_ids[0][0]] for _ in items], pad).to(device)
         h = response_hidden(model, b)[:, 0]                       # (B, H) at the last prompt position
         _, head = _split_lm(model)
-        if isinstance(head, torch.nn.Linear):
-            w = head.weight.float()
-            logits = F.linear(h.float(), w, head.bias.float() if head.bias is not None else None)
-        else:
-            logits = head(h).float()
+        with torch.autocast(h.device.type, enabled=False):   # the head in fp32, also under bf16 autocast
+            if isinstance(head, torch.nn.Linear):
+                w = head.weight.float()
+                logits = F.linear(h.float(), w, head.bias.float() if head.bias is not None else None)
+            else:
+                logits = head(h.float() if head.weight.dtype == torch.float32 else h).float()
         lp = torch.log_softmax(logits, dim=-1)[:, [t[0] for t in letter_ids]].cpu()
         return [{L: float(lp[i, j]) for j, L in enumerate(it.rec.letters)} for i, it in enumerate(items)]
     # tokenizers that split " A" in several tokens: score each option's continuation (sum of log-probs)
@@ -297,6 +298,24 @@ def _loglik_batch(model, tokenizer, items: list[_Item]) -> list[dict[str, float]
     for (i, L), v in zip(owner, sums.tolist()):
         out[i][L] = float(v)
     return out
+
+
+def _scoring_autocast(model, scoring_dtype: str):
+    """bf16 autocast for the loglik forward of an fp32 model (see :func:`evaluate`), else a no-op."""
+    import contextlib
+
+    import torch
+
+    from .hardware import fast_bf16
+
+    try:
+        p = next(model.parameters())
+    except (StopIteration, AttributeError, TypeError):
+        return contextlib.nullcontext()
+    on = scoring_dtype == "bf16" or (scoring_dtype == "auto" and fast_bf16(p.device))
+    if not on or p.dtype != torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(p.device.type, dtype=torch.bfloat16)
 
 
 def _row_from_loglik(it: _Item, lps: dict[str, float]) -> dict:
@@ -456,7 +475,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
              n_shuffles: int = 0, engine: Any = "hf", bootstrap: int = 1000, columns: str | None = None,
              skip_invalid: bool = False, prefill_think: bool = True, scheme: str = "paper",
              max_batch_tokens: int | None = None, model_name: str | None = None, resume: bool = True,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, scoring_dtype: str = "auto") -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmarks`` and return ``{bench: metrics, ..., "_meta": {...}}``.
 
     ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``: one map,
@@ -467,10 +486,16 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     original order). ``engine`` is a name in :data:`medrlvr.rollout.ENGINES` ("hf", "fast" when
     installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
     the number of resamples (0: no CI). With ``output_dir`` the run is saved and resumable (see the
-    module doc); ``resume=False`` discards what the directory holds.
+    module doc); ``resume=False`` discards what the directory holds. ``scoring_dtype`` (loglik): ``"auto"``
+    runs the forward of an fp32 model under bf16 autocast where bf16 is native
+    (:func:`medrlvr.hardware.fast_bf16`; the letter log-softmax stays fp32), ``"fp32"`` opts out, ``"bf16"``
+    forces it; ``direct``/``cot`` generate with ``engine`` (the fast engine is already bf16 where native).
+    The agreement of the two is measured by ``bench/eval_throughput.py --agreement``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if scoring_dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"scoring_dtype must be auto, bf16 or fp32, got {scoring_dtype!r}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if mode == "loglik" and n_samples != 1:
@@ -564,7 +589,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
             try:
                 for chunk in todo[rank::world]:
                     if mode == "loglik":
-                        with torch.inference_mode():
+                        with torch.inference_mode(), _scoring_autocast(model, scoring_dtype):
                             lps = _loglik_batch(model, tokenizer, chunk)
                         new = [_row_from_loglik(it, lp) for it, lp in zip(chunk, lps)]
                         n_tok += sum(len(it.ids) for it in chunk)
@@ -627,6 +652,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
 
     results["_meta"] = {**cfg, "n_shuffles": n_shuffles, "limit": limit, "bootstrap": bootstrap,
                         "engine": eng_name if mode != "loglik" else None, "dtype": dtype,
+                        "scoring_dtype": (("bf16" if isinstance(_scoring_autocast(model, scoring_dtype), torch.autocast)
+                                           else dtype) if mode == "loglik" else None),
                         "benchmarks": list(sets), "medrlvr_version": __version__,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "elapsed_s": round(time.perf_counter() - t_start, 3), "timing": timing}
@@ -735,7 +762,7 @@ def cmd_eval(a) -> int:
                    n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, columns=a.columns,
                    skip_invalid=a.skip_invalid, prefill_think=not a.no_prefill, model_name=a.model,
                    resume=not a.overwrite,
-                   progress=not a.quiet)
+                   progress=not a.quiet, scoring_dtype=a.scoring_dtype)
     if rank:
         return 0
     if a.json:
@@ -771,6 +798,8 @@ def add_cli(subparsers):
                    help="rollout engine for cot/direct: fast (falls back to hf for unsupported models) or hf")
     e.add_argument("--shuffles", type=int, default=0, help="K seeded option orders per question (consistency)")
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--scoring-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="loglik forward: auto = bf16 autocast where bf16 is native (fp32 opts out)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--max-new-tokens", type=int, default=None)
