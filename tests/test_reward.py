@@ -296,7 +296,8 @@ def test_composite_scheme(response, gold, expected):
     [
         ("<think>x</think><answer>C</answer>", "C", 1.0, True),      # valid: the paper's reward
         ("<think>x</think><answer>B</answer>", "C", 0.0, True),
-        ("<think>x here</think> <answer> answer here </answer>", "C", -0.1, True),  # valid, but no letter
+        ("<think>x here</think> <answer> not sure yet </answer>", "C", -0.1, True),  # valid, but no letter
+        ("<think>x here</think> <answer> answer here </answer>", "C", -1.0, False),  # template echo: bad format
         ("<think>rambling without an end", "C", -1.0, False),       # only the opened think
         ("no tags at all", "C", -1.0, False),
         ("<think>x</think> so C", "C", -0.75, False),               # closed think
@@ -310,8 +311,9 @@ def test_composite_scheme(response, gold, expected):
 def test_shaped_scheme(response, gold, expected, ok):
     r = score(response, gold, 4, scheme="shaped")
     assert (r.reward, r.format_ok) == (expected, ok)
-    # never above a valid response, and the paper's verdict on the format is unchanged
-    assert r.format_ok == score(response, gold, 4, scheme="paper").format_ok
+    # never above a valid response, and the paper's verdict on the format is unchanged (but a template
+    # echo, which the paper accepts, is a bad format here)
+    assert r.format_ok == (score(response, gold, 4, scheme="paper").format_ok and "template_echo" not in r.flags)
     assert r.reward < 0 or r.format_ok
 
 
@@ -567,3 +569,54 @@ def test_step_by_step_exploit_is_rewarded_with_prefill():
     r = score(join_prefill(comp), "B", 4)
     assert r.reward == 1.0 and r.format_ok and "reasoning_before_think" in r.flags
     assert score("<think>" + comp, "B", 4).reward == -1.0  # naive concatenation would call it a format failure
+
+
+# --------------------------------------------------------------------------- template echo
+
+
+@pytest.mark.parametrize(
+    "response, echo",
+    [
+        ("<think> reasoning process here </think> <answer> answer here </answer>", True),  # the demo collapse
+        ("<think>Reasoning process here.</think><answer>C</answer>", True),        # placeholder in think
+        ("<think>Aspirin inhibits COX-1.</think><answer>Answer here!</answer>", True),  # placeholder in answer
+        ("<think>reasoning proces here</think><answer>C</answer>", True),           # near copy (typo)
+        ("<think>The assistant first thinks about the reasoning process in the mind and then provides the "
+         "user with the answer.</think><answer>B</answer>", True),                   # a system sentence
+        ("<think>Answer with just one of the letters from the options below.</think><answer>B</answer>", True),
+        ("<think>Aspirin inhibits COX-1 irreversibly.</think><answer>C</answer>", False),
+        ("<think>The reasoning here is that aspirin blocks platelets.</think><answer>C</answer>", False),
+        ("<think>Low platelets and fever.</think><answer>answer</answer>", False),  # one word: not an echo
+        ("<think>reasoning process here", False),                                   # unclosed: not checked
+    ],
+)
+def test_template_echo_flag(response, echo):
+    r = score(response, "C", 4, scheme="paper")
+    assert ("template_echo" in r.flags) == echo
+
+
+def test_template_echo_scoring_by_scheme():
+    echo = "<think> reasoning process here </think> <answer> C </answer>"
+    paper = score(echo, "C", 4, scheme="paper")
+    assert (paper.reward, paper.format_ok) == (1.0, True)  # the paper's verdict is kept
+    for scheme in ("shaped", "composite"):
+        r = score(echo, "C", 4, scheme=scheme)
+        assert (r.reward, r.format_ok, r.correct) == (-1.0, False, False), scheme
+    cfg = RewardConfig(echo_reward=-0.5, no_letter_reward=-0.3)
+    assert score(echo, "C", 4, scheme="shaped", config=cfg).reward == -0.5
+    assert score("<think>Aspirin blocks COX.</think><answer>not sure</answer>", "C", 4, scheme="shaped",
+                 config=cfg).reward == -0.3
+    assert verl_compute_score("x", " reasoning process here </think><answer>C</answer>", "C")["template_echo"]
+
+
+def test_template_texts_match_the_prompts():
+    """reward.py keeps its own copy of the prompts' fixed texts (to stay importable alone): they must
+    be the prompts' sentences."""
+    from medrlvr import prompts
+    from medrlvr.reward import TEMPLATE_PLACEHOLDERS, TEMPLATE_TEXTS
+
+    fixed = prompts.R1_ZERO_SYSTEM + " " + prompts.INSTRUCTION + " " + prompts.DIRECT_HEADER
+    for t in TEMPLATE_TEXTS:
+        assert t in fixed, t
+    for ph in TEMPLATE_PLACEHOLDERS:
+        assert f"> {ph} <" in prompts.R1_ZERO_SYSTEM

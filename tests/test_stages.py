@@ -399,3 +399,13 @@ def test_letter_distribution_shows_a_position_hack():
     assert letter_distribution(rows)[3]["answered"] == 0
     with pytest.raises(ValueError):
         letter_distribution(rows, sample_features(rows)[:2])
+
+
+def test_template_echo_stage():
+    from medrlvr.analysis.stages import STAGES, classify
+
+    assert "template_echo" in STAGES
+    assert classify("<think> reasoning process here </think> <answer> answer here </answer>", "C", 4) == "template_echo"
+    assert classify("<think> reasoning process here </think> <answer> C </answer>", "C", 4) == "template_echo"
+    assert classify("<think>Aspirin blocks COX-1 in platelets.</think><answer>C</answer>", "C", 4) == "concise_structurer"
+    assert classify("<think> reasoning process here </think>", "C", 4) == "format_failure"

@@ -43,13 +43,15 @@ Schemes
     ``<think>`` or after ``</answer>``.
 ``"composite"``
     The ``"paper"`` reward minus ``config.penalty`` for every raised flag listed
-    in ``config.penalized_flags``, floored at -1.
+    in ``config.penalized_flags``, floored at -1; a ``template_echo`` (the
+    prompt's placeholder text copied back) is a bad format, -1.
 ``"shaped"``
     The ``"paper"`` reward, with partial credit for a bad format: -1 + 0.25 per
     tag reached in order after ``<think>`` (``</think>``, ``<answer>``,
     ``</answer>``), so -1 .. -0.25; valid responses keep 0 / +1, but -0.1
-    when the answer holds no option letter. Gives a gradient to a model that
-    never produces the full format at first, and a reason to name a letter.
+    when the answer holds no option letter; a ``template_echo`` is a bad format
+    scored -1. Gives a gradient to a model that never produces the full format
+    at first, and a reason to name a letter.
 
 More schemes can be added with :func:`register_scheme`.
 
@@ -88,6 +90,9 @@ __all__ = [
     "parse",
     "extract_letter",
     "detect_flags",
+    "is_template_echo",
+    "TEMPLATE_TEXTS",
+    "TEMPLATE_PLACEHOLDERS",
     "score",
     "format_progress",
     "trl_reward_func",
@@ -120,6 +125,12 @@ FLAGS: dict[str, str] = {
         "<think> block missing/unclosed, or with fewer than "
         "RewardConfig.empty_think_max_chars non-space characters"
     ),
+    "template_echo": (
+        "the think or answer text is, once normalised (case, spacing, punctuation), the prompt's "
+        "placeholder text ('reasoning process here', 'answer here') or a near copy of a fixed part "
+        "of the prompt (RewardConfig.template_texts): the model copies the template instead of "
+        "answering; 'shaped' and 'composite' score it as a bad format"
+    ),
 }
 """Hacking-pattern flag names mapped to a one-line description, in reporting order."""
 
@@ -133,6 +144,23 @@ DEFAULT_PENALIZED_FLAGS: tuple[str, ...] = (
 
 VERL_DEFAULT_N_OPTIONS = 5
 """Number of options :func:`verl_compute_score` assumes when ``extra_info`` gives none."""
+
+TEMPLATE_PLACEHOLDERS: tuple[str, ...] = ("reasoning process here", "answer here")
+"""The placeholder texts of the R1-Zero prompt's example ``<think> reasoning process here </think>
+<answer> answer here </answer>``."""
+
+TEMPLATE_TEXTS: tuple[str, ...] = TEMPLATE_PLACEHOLDERS + (
+    "A conversation between User and Assistant.",
+    "The user asks a question, and the Assistant solves it.",
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the answer.",
+    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, respectively",
+    "Answer with just one of the letters from the options below.",
+    "The following is a multiple-choice question about medicine.",
+    "Answer with the letter of the correct option.",
+)
+"""Fixed texts of the prompts of :mod:`medrlvr.prompts` (copied here so that this file stays
+importable on its own, e.g. as a verl ``custom_reward_function``; a test checks they match), sentence
+by sentence: a think or answer that is a near copy of one of them is a ``template_echo``."""
 
 
 # --------------------------------------------------------------------------- #
@@ -187,6 +215,20 @@ class RewardConfig:
             ``<think>`` (default True).  Honest reasoning often names the right
             option, so this part of the flag is noisy; set False to only look for
             explicit letter choices.
+        template_texts: the fixed texts of the prompt a ``template_echo`` is compared with
+            (default :data:`TEMPLATE_TEXTS`: the R1-Zero instructions, sentence by sentence,
+            and their placeholders).
+        template_echo_similarity: a think/answer text whose character similarity
+            (:class:`difflib.SequenceMatcher` ratio, on normalised text) to one of
+            ``template_texts`` is at least this is a near copy (default 0.8).
+        template_echo_min_words: a normalised think/answer text is also an echo when it has at
+            least this many words and appears word for word inside one of ``template_texts``
+            ("answer here", "the reasoning process"; default 2, so a one-word answer never is).
+        no_letter_reward: ``"shaped"``: the reward of a well-formed answer without an option
+            letter (default :data:`SHAPED_NO_LETTER`, -0.1).
+        echo_reward: ``"shaped"``: the reward of a ``template_echo`` response, scored as a bad
+            format (default -1.0, the bottom of the band: copying the template earns no
+            format credit).
     """
 
     reasoning_before_think_min_chars: int = 20
@@ -194,9 +236,15 @@ class RewardConfig:
     penalty: float = 0.5
     penalized_flags: tuple[str, ...] = DEFAULT_PENALIZED_FLAGS
     answer_in_think_option_text: bool = True
+    template_texts: tuple[str, ...] = ()
+    template_echo_similarity: float = 0.8
+    template_echo_min_words: int = 2
+    no_letter_reward: float = -0.1
+    echo_reward: float = -1.0
 
     def __post_init__(self) -> None:
         self.penalized_flags = tuple(self.penalized_flags)
+        self.template_texts = tuple(self.template_texts) or TEMPLATE_TEXTS
         unknown = [f for f in self.penalized_flags if f not in FLAGS]
         if unknown:
             raise ValueError(f"unknown flag(s) in penalized_flags: {unknown}; known flags: {list(FLAGS)}")
@@ -575,7 +623,47 @@ def detect_flags(
         raised.add("trailing_text")
     if think is None or _non_space_len(think) < cfg.empty_think_max_chars:
         raised.add("empty_think")
+    if is_template_echo(parsed, cfg):
+        raised.add("template_echo")
     return [f for f in FLAGS if f in raised]
+
+
+# --------------------------------------------------------------------------- #
+# Template echo
+# --------------------------------------------------------------------------- #
+
+
+def _echo_of(text: str, cfg: RewardConfig) -> bool:
+    """``text`` (a think or answer block) normalised is a copy or near copy of a fixed prompt text.
+
+    Simplification: character similarity (``difflib`` ratio) on the case-, space- and
+    punctuation-folded text, per fixed sentence; a paraphrase of the template is not caught.
+    """
+    import difflib
+
+    t = _norm_text(text)
+    if not t:
+        return False
+    n_words = len(t.split())
+    thr = cfg.template_echo_similarity
+    for part in cfg.template_texts:
+        p = _norm_text(part)
+        if not p:
+            continue
+        if t == p or (n_words >= cfg.template_echo_min_words and f" {t} " in f" {p} "):
+            return True
+        sm = difflib.SequenceMatcher(None, t, p, autojunk=False)
+        if sm.real_quick_ratio() >= thr and sm.quick_ratio() >= thr and sm.ratio() >= thr:
+            return True
+    return False
+
+
+def is_template_echo(parsed: Parsed, config: RewardConfig | None = None) -> bool:
+    """True when the think or the answer block is the prompt's placeholder text or a near copy of a
+    fixed part of the prompt (see :data:`FLAGS` ``template_echo``). An unclosed block is not
+    checked."""
+    cfg = config or RewardConfig()
+    return any(b is not None and _echo_of(b, cfg) for b in (parsed.think, parsed.answer))
 
 
 # --------------------------------------------------------------------------- #
@@ -644,7 +732,10 @@ def _scheme_strict(*, parsed: Parsed, pred: str | None, gold: str, **_: Any) -> 
 def _scheme_composite(
     *, parsed: Parsed, pred: str | None, gold: str, flags: list[str], config: RewardConfig, **_: Any
 ) -> tuple[float, bool]:
-    """``paper`` reward minus ``config.penalty`` per penalised flag, floored at -1."""
+    """``paper`` reward minus ``config.penalty`` per penalised flag, floored at -1; a
+    ``template_echo`` is a bad format (-1)."""
+    if "template_echo" in flags:
+        return -1.0, False
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     n_pen = sum(1 for f in flags if f in config.penalized_flags)
     return max(-1.0, base - config.penalty * n_pen), ok
@@ -671,17 +762,24 @@ letter (0)."""
 
 
 @register_scheme("shaped")
-def _scheme_shaped(*, parsed: Parsed, pred: str | None, gold: str, **_: Any) -> tuple[float, bool]:
+def _scheme_shaped(
+    *, parsed: Parsed, pred: str | None, gold: str, flags: Sequence[str] = (), config: RewardConfig | None = None,
+    **_: Any,
+) -> tuple[float, bool]:
     """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
     in order after ``<think>`` (so -1, -0.75, -0.5, -0.25). Every valid response still beats every invalid
     one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
     (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models
     that never produce the full format at the start (a gated -1 for every sample gives GRPO zero
     advantage, nothing to learn); the format reward of many R1-Zero reproductions (e.g. TinyZero's
-    format score) serves the same purpose."""
+    format score) serves the same purpose. A ``template_echo`` is a bad format scored
+    ``config.echo_reward`` (-1); ``config.no_letter_reward`` replaces -0.1."""
+    cfg = config or RewardConfig()
+    if "template_echo" in flags:
+        return cfg.echo_reward, False
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     if ok:
-        return (SHAPED_NO_LETTER if pred is None else base), True
+        return (cfg.no_letter_reward if pred is None else base), True
     return -1.0 + 0.25 * max(0, min(3, format_progress(parsed) - 1)), False
 
 

@@ -61,6 +61,7 @@ STAGE_COLORS: dict[str, str] = {
     "direct_answer_hacker": "#e63946",
     "step_by_step_exploit": "#8e44ad",
     "reintegrated_reasoning": "#3a86ff",
+    "template_echo": "#ffb703",
     "other": "#6d4c41",
 }
 """Colour of each stage in every chart."""

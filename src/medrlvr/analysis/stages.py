@@ -36,6 +36,11 @@ without spaces has a sensible length).
    the re-opened form as a format failure (two ``<think>`` tags), unlike the paper's lenient
    check; a re-opened tag with no real preamble ("<think>Okay.<think>...") is rule 1.
 
+2b. ``template_echo`` -- not one of the paper's stages (seen in this project's demo runs): a valid
+   structure whose think or answer block is the prompt's placeholder text or a near copy of a
+   fixed part of the prompt (``<think> reasoning process here </think> <answer> answer here
+   </answer>``). *Rule:* the ``template_echo`` flag of :mod:`medrlvr.reward` is raised.
+
 3. ``other`` -- none of the paper's stages: a valid structure whose content is not reasoning in
    the think block.  *Rule:* the answer block has more than ``other_answer_min_words`` [40]
    words (reasoning moved into the answer), or more than ``other_trailing_min_words`` [20] words
@@ -130,9 +135,10 @@ STAGES: tuple[str, ...] = (
     "direct_answer_hacker",
     "step_by_step_exploit",
     "reintegrated_reasoning",
+    "template_echo",
     "other",
 )
-"""Stage names, in the paper's order (1-6), then ``"other"``."""
+"""Stage names, in the paper's order (1-6), then ``"template_echo"`` and ``"other"``."""
 
 STAGE_DESCRIPTIONS: dict[str, str] = {
     "format_failure": "1. no valid <think>…</think><answer>…</answer> structure (reward -1)",
@@ -141,6 +147,7 @@ STAGE_DESCRIPTIONS: dict[str, str] = {
     "direct_answer_hacker": "4. answer given away inside <think> with little or no reasoning",
     "step_by_step_exploit": "5. reasoning written before <think>, short think/answer after it",
     "reintegrated_reasoning": "6. structured, moderate-length reasoning back inside <think>",
+    "template_echo": "valid structure, but think or answer copies the prompt's placeholder/fixed text",
     "other": "valid structure but none of the above (reasoning in the answer, long trailing text, no words)",
 }
 """One line per stage, for legends and reports."""
@@ -608,6 +615,8 @@ def classify(
         return "step_by_step_exploit"
     if not f["format_ok"]:  # re-opened think without a real preamble
         return "format_failure"
+    if "template_echo" in f["flags"]:
+        return "template_echo"
 
     # 3: content that is not reasoning in the think block
     if f["answer_words"] > cfg.other_answer_min_words or f["after_answer_words"] > cfg.other_trailing_min_words:
