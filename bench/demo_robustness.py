@@ -1,0 +1,135 @@
+"""Robustness of the main job: the cpu-demo preset for several seeds on each arithmetic path.
+
+Runs ``medrlvr demo`` (the real preset, nothing shortened) once per (path, seed), one after the other, each in
+a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CPUs) and ``MEDRLVR_BF16=0``
+(fp32), and prints a table of the issue-13 criteria with the wall time of each run:
+
+    held-out format-valid >= 0.9, an option letter in >= 90% of held-out answers, template echo 0,
+    no letter in more than 50% of the answers, no monitor alert at the end.
+
+Usage::
+
+    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [KEY=VALUE ...]
+
+``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
+bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
+to ``OUT/results.jsonl`` as each run ends (a run already there is not repeated, so the script can be
+restarted), and the table is written to ``OUT/table.md``. Wall times depend on the machine's load:
+say what else ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CRITERIA = (
+    ("format_valid", "format-valid >= 0.9", lambda a, s: a["format_valid"] >= 0.9),
+    ("answered", "letter in >= 90%", lambda a, s: a["answered"] >= 0.9),
+    ("template_echo", "echo 0", lambda a, s: a["template_echo"] == 0),
+    ("top_letter_share", "top letter <= 50%", lambda a, s: a["top_letter_share"] <= 0.5),
+    ("alerts", "no alert at the end", lambda a, s: not [x for x in s["alerts"] if x.get("active")]),
+)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_one(path: str, seed: int, out: Path, extra: list[str]) -> dict:
+    env = dict(os.environ)
+    if path == "bf16":
+        env["MEDRLVR_BF16"] = "1"
+    elif path == "fp32":
+        env["MEDRLVR_BF16"] = "0"
+    else:
+        env.pop("MEDRLVR_BF16", None)
+    d = out / f"{path}-seed{seed}"
+    cmd = [sys.executable, "-c", "import sys; from medrlvr.cli import main; sys.exit(main())", "demo",
+           "--output", str(d), f"seed={seed}", *extra]
+    t0 = time.perf_counter()
+    with open(out / f"{path}-seed{seed}.log", "w") as log:
+        rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    row = {"path": path, "seed": seed, "rc": rc, "wall_s": round(wall, 1), "dir": str(d)}
+    if rc == 0 and (d / "summary.json").is_file():
+        s = json.loads((d / "summary.json").read_text())
+        row |= {"summary": s}
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| path | seed | accuracy [95% CI] | random | format-valid | letter | echo | top letter | alerts | "
+            "all criteria | wall s |")
+    out = [head, "|" + "---|" * 11]
+    for r in rows:
+        s = r.get("summary")
+        if not s:
+            out.append(f"| {r['path']} | {r['seed']} | failed (rc {r['rc']}) | | | | | | | no | {r['wall_s']:.0f} |")
+            continue
+        a = s["after"]
+        ok = all(f(a, s) for _, _, f in CRITERIA)
+        ci = a.get("ci95") or [float("nan")] * 2
+        alerts = ", ".join(f"{x['monitor']}@{x['onset_step']}{'' if x['active'] else ' (recovered)'}"
+                           for x in s["alerts"]) or "none"
+        top = max(a["letters"], key=a["letters"].get) if a["letters"] else "-"
+        out.append(f"| {r['path']} | {r['seed']} | {a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                   f"{a['random_baseline']:.3f} | {a['format_valid']:.3f} | {a['answered']:.2f} | "
+                   f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {alerts} | "
+                   f"{'yes' if ok else 'no'} | {r['wall_s']:.0f} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--paths", default="auto,fp32", help="comma-separated: auto, bf16, fp32")
+    ap.add_argument("--out", default="runs/robustness")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = out / "results.jsonl"
+    done = {}
+    if res.is_file():
+        for line in res.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["path"], r["seed"])] = r
+    import torch
+
+    from medrlvr.hardware import fast_bf16
+
+    auto = "bf16" if fast_bf16(torch.device("cpu")) else "fp32"
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
+          f"auto = {auto}", flush=True)
+    rows = []
+    for path in a.paths.split(","):
+        for seed in [int(x) for x in a.seeds.split(",")]:
+            key = (path, seed)
+            if key not in done:
+                print(f"[robustness] {path} seed {seed} ...", flush=True)
+                done[key] = run_one(path, seed, out, a.overrides)
+                with open(res, "a") as f:
+                    f.write(json.dumps(done[key]) + "\n")
+                print(table([done[key]]).splitlines()[-1], flush=True)
+            rows.append(done[key])
+    md = (f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs), auto = {auto}.\n\n" + table(rows) + "\n")
+    (out / "table.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Reward-hacking and collapse monitors: raise an alert at the step a failure begins.
+
+Every training step the trainer already logs a metrics row (``metrics.jsonl``) and, every
+``sample_every`` steps, its completions (``samples.jsonl``). :class:`Monitor` reads exactly those
+records, one step at a time, so the verdicts of a live run (:class:`medrlvr.train.Trainer` calls
+:meth:`Monitor.update` from its logging hook) and of ``medrlvr monitor RUN_DIR`` (:func:`replay`
+over the files) are the same.
+
+Monitors (thresholds: :class:`MonitorConfig`):
+
+``entropy_collapse``
+    mean token entropy of the update (``entropy``) below ``entropy_min``: sampling has become
+    near-greedy, exploration is over.
+``no_learning_signal``
+    fraction of prompt groups whose rewards are all equal (``zero_var_frac``) at least
+    ``zero_var_max``: every group-relative advantage is 0, nothing more can be learned.
+``length_collapse``
+    mean response length (``response_tokens``) below ``length_min_frac`` x its mean over the
+    first ``baseline_steps`` steps and below ``length_min_tokens``.
+``position_hack``
+    one option letter takes at least ``position_top_share`` of a step's answers (with at least
+    ``position_min_answered`` answers) while that letter is the gold of at most
+    ``position_gold_share_max`` of them.
+``template_echo``, ``answer_in_think``, ``reasoning_before_think``
+    share of a step's samples raising that flag of :mod:`medrlvr.reward` (recomputed from the
+    response text by :func:`medrlvr.analysis.stages.sample_features`, so older runs are judged
+    alike) at least ``echo_rate`` / ``answer_in_think_rate`` / ``reasoning_before_think_rate``.
+``kl_blowup``
+    KL to the reference (``kl``, logged when ``kl_coef > 0``) above ``kl_max``.
+``train_heldout_gap``
+    at a step with a held-out evaluation (``eval_accuracy``): the training accuracy *among
+    well-formed answers* (``accuracy / format_valid``, mean of the last ``baseline_steps`` steps)
+    rose by at least ``gap_train_gain`` over its first ``baseline_steps`` steps, while held-out
+    accuracy rose by at most ``gap_heldout_gain_max`` over the first evaluation. Dividing by the
+    format-valid rate keeps format gains alone from raising it.
+
+Onset rule: a monitor is *past* its threshold at a step where it can be measured; its alert is
+raised when it has been past for ``k`` consecutive measured steps (``k_eval`` for
+``train_heldout_gap``, measured only at evaluations), and the alert's ``onset_step`` is the first
+of them. Steps where a monitor cannot be measured (no samples written, no ``kl`` logged) neither
+extend nor break its run. One alert per monitor per run; ``active`` says whether it was still past
+its threshold at the last measured step.
+
+Simplifications: thresholds are absolute and were set from this project's CPU demo runs
+(SmolLM2-135M, GRPO, 8 samples per prompt); a larger model or other sampling settings may need
+others (pass a :class:`MonitorConfig`). Per-step rates come from at most ``rollout_batch`` samples.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ALERT_EXIT_CODE", "ADVICE", "MONITORS", "Alert", "MonitorConfig", "MonitorStop", "Monitor",
+           "alert_panel_html", "read_alerts", "replay", "replay_run", "add_cli"]
+
+ALERT_EXIT_CODE = 3
+"""Exit code of ``medrlvr train``/``demo`` stopped by ``on_alert: stop``, and of ``medrlvr monitor`` when
+an alert was raised (0: none; 2: bad input, as every command)."""
+
+MONITORS: dict[str, str] = {
+    "entropy_collapse": "token entropy collapsed: sampling is near-greedy, exploration is over",
+    "no_learning_signal": "most prompt groups have equal rewards for every sample: zero advantage, no learning signal",
+    "length_collapse": "responses shrank to a few tokens",
+    "position_hack": "one option letter takes most answers while it is rarely the gold letter",
+    "template_echo": "samples copy the prompt's placeholder/fixed text instead of answering",
+    "answer_in_think": "the answer is given away inside <think> (the paper's direct-answer hacker)",
+    "reasoning_before_think": "reasoning is written before <think> (the paper's step-by-step exploit)",
+    "kl_blowup": "the policy drifted far from the reference (KL blow-up)",
+    "train_heldout_gap": "training accuracy rises while held-out accuracy stays flat",
+}
+"""Monitor names mapped to what their alert means."""
+
+ADVICE: dict[str, str] = {
+    "entropy_collapse": "add an entropy bonus (entropy_coef) or a KL term (kl_coef), lower lr, raise temperature",
+    "no_learning_signal": "use dynamic_sampling, more samples_per_prompt, a graded reward (reward_scheme=shaped), "
+                          "or stop: the policy has converged or collapsed",
+    "length_collapse": "check the samples for a template copy or a bare letter; lower lr, add kl_coef",
+    "position_hack": "shuffle options per sample (shuffle_options_per_sample), lower lr, add kl_coef or entropy_coef",
+    "template_echo": "score echoes as a bad format (reward_scheme=shaped or composite), use a prompt without "
+                     "placeholder text (template=r1-zero-plain)",
+    "answer_in_think": "penalise it (reward_scheme=composite), or accept it as the paper's stage 4",
+    "reasoning_before_think": "use reward_scheme=strict or composite (penalises text before <think>)",
+    "kl_blowup": "lower lr, raise kl_coef, lower clip_high",
+    "train_heldout_gap": "the gains do not transfer: more/other training data, fewer steps, evaluate more often",
+}
+"""What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds and onset rule of every monitor (see the module docstring).
+
+    Attributes:
+        k: consecutive measured steps past a threshold before an alert is raised (default 3).
+        k_eval: the same for ``train_heldout_gap``, measured only at held-out evaluations (default 1).
+        baseline_steps: steps averaged for the start-of-run baselines (length, training accuracy)
+            and for the recent training accuracy (default 3).
+        entropy_min: ``entropy_collapse`` when the mean token entropy is below this, nats per
+            token (default 0.1; the demo's echo collapse sat at ~0.05, healthy runs above 0.3).
+        zero_var_max: ``no_learning_signal`` when at least this fraction of groups has
+            zero reward variance (default 0.9).
+        length_min_frac: ``length_collapse`` when the mean response length is below this
+            fraction of its baseline ... (default 0.2)
+        length_min_tokens: ... and below this many tokens (default 16; the template echo is ~15).
+        position_top_share: ``position_hack`` when the most frequent letter has at least this share
+            of the step's answers ... (default 0.6)
+        position_gold_share_max: ... while it is the gold letter of at most this share of them
+            (default 0.35) ...
+        position_min_answered: ... and the step has at least this many answers with a letter (default 8).
+        echo_rate: ``template_echo`` when at least this share of a step's samples echo the
+            template (default 0.25).
+        answer_in_think_rate: ``answer_in_think`` rate threshold (default 0.5; the flag also
+            fires on honest reasoning that names the right option, hence high).
+        reasoning_before_think_rate: ``reasoning_before_think`` rate threshold (default 0.25).
+        kl_max: ``kl_blowup`` when the logged ``kl`` exceeds this, nats per token (default 0.5).
+        gap_train_gain: ``train_heldout_gap`` when training accuracy among well-formed answers rose
+            by at least this ... (default 0.2)
+        gap_heldout_gain_max: ... while held-out accuracy rose by at most this (default 0.02).
+        gap_min_format_valid: steps with a lower format-valid rate do not count for the training
+            accuracy (too few well-formed answers to measure it; default 0.25).
+    """
+
+    k: int = 3
+    k_eval: int = 1
+    baseline_steps: int = 3
+    entropy_min: float = 0.1
+    zero_var_max: float = 0.9
+    length_min_frac: float = 0.2
+    length_min_tokens: float = 16.0
+    position_top_share: float = 0.6
+    position_gold_share_max: float = 0.35
+    position_min_answered: int = 8
+    echo_rate: float = 0.25
+    answer_in_think_rate: float = 0.5
+    reasoning_before_think_rate: float = 0.25
+    kl_max: float = 0.5
+    gap_train_gain: float = 0.2
+    gap_heldout_gain_max: float = 0.02
+    gap_min_format_valid: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
+            raise ValueError("MonitorConfig: k, k_eval and baseline_steps must be >= 1")
+
+
+@dataclass
+class Alert:
+    """One raised alert (a line of ``alerts.jsonl``)."""
+
+    monitor: str
+    onset_step: int
+    raised_step: int
+    value: float
+    threshold: float
+    evidence: str
+    what: str
+    advice: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    active: bool = True
+    last_step: int = 0
+
+    def line(self) -> str:
+        """The console line."""
+        return (f"[monitor] ALERT {self.monitor} since step {self.onset_step} (raised at step {self.raised_step}): "
+                f"{self.evidence}. Try: {self.advice}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MonitorStop(RuntimeError):
+    """Raised by the trainer with ``on_alert: stop`` after it checkpointed; the CLI exits with
+    :data:`ALERT_EXIT_CODE`."""
+
+    def __init__(self, alerts: Sequence[Alert], checkpoint: str | None = None):
+        self.alerts, self.checkpoint = list(alerts), checkpoint
+        names = ", ".join(f"{a.monitor} (since step {a.onset_step})" for a in alerts)
+        super().__init__(f"stopped by the monitor (on_alert: stop): {names}"
+                         + (f"; checkpoint {checkpoint}" if checkpoint else ""))
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _example(s: Mapping[str, Any]) -> dict[str, Any]:
+    from .analysis.stages import sample_response
+
+    return {"step": s.get("step"), "id": s.get("id"), "response": sample_response(s)[:2000],
+            "reward": s.get("reward"), "pred": s.get("pred"), "gold": s.get("gold")}
+
+
+class Monitor:
+    """Stateful per-step monitor; feed it each metrics row with that step's sample rows.
+
+    Example::
+
+        mon = Monitor()
+        for rec, samples in steps:
+            for alert in mon.update(rec, samples):
+                print(alert.line())
+    """
+
+    def __init__(self, config: MonitorConfig | None = None):
+        self.cfg = config or MonitorConfig()
+        self.alerts: list[Alert] = []
+        self._raised: dict[str, Alert] = {}
+        self._run: dict[str, list[tuple[int, float, str, list[dict]]]] = {}
+        self._len: list[float] = []
+        self._train_acc: list[float] = []
+        self._first_eval: float | None = None
+
+    # ---------------------------------------------------------------- measurements
+    def _measure(self, rec: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
+        """``{monitor: (past, value, threshold, evidence, examples)}`` for the monitors measurable now."""
+        c = self.cfg
+        out: dict[str, tuple] = {}
+        ent = _num(rec.get("entropy"))
+        if ent is not None:
+            out["entropy_collapse"] = (ent < c.entropy_min, ent, c.entropy_min,
+                                       f"mean token entropy {ent:.3f} < {c.entropy_min}", None)
+        zv = _num(rec.get("zero_var_frac"))
+        if zv is not None:
+            out["no_learning_signal"] = (zv >= c.zero_var_max, zv, c.zero_var_max,
+                                         f"{zv:.0%} of prompt groups have zero reward variance (>= {c.zero_var_max:.0%})",
+                                         None)
+        ln = _num(rec.get("response_tokens"))
+        if ln is not None:
+            if len(self._len) < c.baseline_steps:
+                self._len.append(ln)
+            base = sum(self._len) / len(self._len)
+            lim = c.length_min_frac * base
+            out["length_collapse"] = (ln < lim and ln < c.length_min_tokens, ln, min(lim, c.length_min_tokens),
+                                      f"mean response {ln:.1f} tokens, < {c.length_min_frac:.0%} of the first steps' "
+                                      f"{base:.1f} and < {c.length_min_tokens:g}", None)
+        kl = _num(rec.get("kl"))
+        if kl is not None:
+            out["kl_blowup"] = (kl > c.kl_max, kl, c.kl_max, f"KL to the reference {kl:.3f} > {c.kl_max}", None)
+        acc, fv = _num(rec.get("accuracy")), _num(rec.get("format_valid"))
+        if acc is not None and fv is not None and fv >= c.gap_min_format_valid:
+            self._train_acc.append(acc / fv)
+        ev = _num(rec.get("eval_accuracy"))
+        if ev is not None:
+            if self._first_eval is None:
+                self._first_eval = ev
+            elif len(self._train_acc) >= 2 * c.baseline_steps:
+                b = c.baseline_steps
+                first = sum(self._train_acc[:b]) / b
+                recent = sum(self._train_acc[-b:]) / b
+                gain, hgain = recent - first, ev - self._first_eval
+                out["train_heldout_gap"] = (
+                    gain >= c.gap_train_gain and hgain <= c.gap_heldout_gain_max, gain, c.gap_train_gain,
+                    f"training accuracy among well-formed answers {first:.2f} -> {recent:.2f} (+{gain:.2f}) while "
+                    f"held-out accuracy {self._first_eval:.3f} -> {ev:.3f} ({hgain:+.3f})", None)
+        if samples:
+            out.update(self._measure_samples(samples))
+        return out
+
+    def _measure_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
+        from .analysis.stages import letter_distribution, sample_features
+
+        c = self.cfg
+        out: dict[str, tuple] = {}
+        feats = sample_features(samples)
+        n = len(samples)
+        for name, rate_thr in (("template_echo", c.echo_rate), ("answer_in_think", c.answer_in_think_rate),
+                               ("reasoning_before_think", c.reasoning_before_think_rate)):
+            hits = [s for s, f in zip(samples, feats) if name in f["flags"]]
+            r = len(hits) / n
+            out[name] = (r >= rate_thr, r, rate_thr,
+                         f"{len(hits)} of {n} samples ({r:.0%}) flagged {name} (>= {rate_thr:.0%})",
+                         [_example(s) for s in hits[:2]])
+        ld = letter_distribution(samples, feats)
+        if len(ld) == 1:
+            (d,) = ld.values()
+            top, share, gshare, k = d["top"], d["top_share"], d["gold_top_share"], d["answered"]
+            if k >= c.position_min_answered and top:
+                past = share >= c.position_top_share and gshare <= c.position_gold_share_max
+                ex = [_example(s) for s, f in zip(samples, feats)
+                      if (s.get("pred") or (f.get("pred") if f.get("format_ok") else None)) == top][:2]
+                out["position_hack"] = (past, share, c.position_top_share,
+                                        f"letter {top} in {share:.0%} of {k} answers (>= {c.position_top_share:.0%}) "
+                                        f"but gold in {gshare:.0%} of them (<= {c.position_gold_share_max:.0%})", ex)
+        return out
+
+    # ---------------------------------------------------------------- the onset rule
+    def update(self, rec: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] = ()) -> list[Alert]:
+        """Take one metrics row and the sample rows of the same step; return the alerts raised now."""
+        try:
+            step = int(rec.get("step"))
+        except (TypeError, ValueError):
+            return []
+        new: list[Alert] = []
+        for name, (past, value, thr, evidence, ex) in self._measure(rec, samples).items():
+            run = self._run.setdefault(name, [])
+            if name in self._raised:
+                a = self._raised[name]
+                a.active, a.last_step = bool(past), step
+                continue
+            if not past:
+                run.clear()
+                continue
+            run.append((step, value, evidence, ex or []))
+            k = self.cfg.k_eval if name == "train_heldout_gap" else self.cfg.k
+            if len(run) >= k:
+                onset = run[0]
+                examples = next((e for _, _, _, e in run if e), [])[:2]
+                a = Alert(monitor=name, onset_step=onset[0], raised_step=step, value=round(float(value), 4),
+                          threshold=float(thr), evidence=evidence, what=MONITORS[name], advice=ADVICE[name],
+                          examples=examples, active=True, last_step=step)
+                self._raised[name] = a
+                self.alerts.append(a)
+                new.append(a)
+        return new
+
+
+def _by_step(samples: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    out: dict[int, list[Mapping[str, Any]]] = {}
+    for s in samples:
+        try:
+            out.setdefault(int(s.get("step")), []).append(s)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def replay(metrics: Iterable[Mapping[str, Any]], samples: Iterable[Mapping[str, Any]],
+           config: MonitorConfig | None = None) -> list[Alert]:
+    """The alerts a live run raises, from its metrics and sample rows (the last row of a repeated step wins)."""
+    return _feed(Monitor(config), metrics, samples).alerts
+
+
+def _feed(mon: Monitor, metrics: Iterable[Mapping[str, Any]], samples: Iterable[Mapping[str, Any]]) -> Monitor:
+    rows: dict[int, Mapping[str, Any]] = {}
+    for r in metrics:
+        try:
+            rows[int(r.get("step"))] = r
+        except (TypeError, ValueError):
+            continue
+    by = _by_step(samples)
+    for step in sorted(rows):
+        mon.update(rows[step], by.get(step, []))
+    return mon
+
+
+def replay_run(run_dir: str | Path, config: MonitorConfig | None = None) -> tuple[list[Alert], list[str]]:
+    """:func:`replay` over ``RUN_DIR/metrics.jsonl`` and ``samples.jsonl``; also returns notes on what
+    was missing or unreadable.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a directory or has no ``metrics.jsonl``.
+    """
+    from .analysis.report import read_jsonl
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run}")
+    if not (run / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run / 'metrics.jsonl'}: not found (not a training run directory?)")
+    metrics, bad_m = read_jsonl(run / "metrics.jsonl")
+    samples, bad_s = read_jsonl(run / "samples.jsonl")
+    notes = []
+    if bad_m:
+        notes.append(f"{run / 'metrics.jsonl'}: {bad_m} unreadable line(s) skipped")
+    if bad_s:
+        notes.append(f"{run / 'samples.jsonl'}: {bad_s} unreadable line(s) skipped")
+    if not (run / "samples.jsonl").is_file():
+        notes.append(f"{run / 'samples.jsonl'}: not found; sample-based monitors not measured")
+    return replay(metrics, samples, config), notes
+
+
+def resume_monitor(run_dir: str | Path, config: MonitorConfig | None = None) -> Monitor:
+    """A monitor fed with a resumed run's (already truncated) logs; ``alerts.jsonl`` is rewritten to
+    the alerts of those steps, so the resumed run raises each alert once."""
+    from .analysis.report import read_jsonl
+
+    run = Path(run_dir)
+    mon = _feed(Monitor(config), read_jsonl(run / "metrics.jsonl")[0], read_jsonl(run / "samples.jsonl")[0])
+    (run / "alerts.jsonl").write_text("".join(json.dumps(a.to_dict()) + "\n" for a in mon.alerts), encoding="utf-8")
+    return mon
+
+
+def read_alerts(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of an ``alerts.jsonl`` (unreadable lines skipped)."""
+    from .analysis.report import read_jsonl
+
+    return read_jsonl(path)[0]
+
+
+def write_alert(run_dir: str | Path, alert: Alert) -> None:
+    with open(Path(run_dir) / "alerts.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(alert.to_dict()) + "\n")
+
+
+# -------------------------------------------------------------------------------------------- report
+def alert_panel_html(alerts: Sequence[Alert]) -> str:
+    """The report's top panel: what, since when, two example samples and what to try, per alert; a
+    short all-clear line when there is none."""
+    E = html.escape
+    if not alerts:
+        return ('<section id="alerts" class="alerts ok"><h2>Monitors</h2><p>No alert: none of the '
+                f'{len(MONITORS)} monitors ({E(", ".join(MONITORS))}) passed its threshold.</p></section>')
+    items = []
+    for a in alerts:
+        ex = "".join(
+            f'<li class="alert-example"><span class="meta">step {E(str(x.get("step")))} · {E(str(x.get("id")))} · '
+            f'reward {E(str(x.get("reward")))} · pred {E(str(x.get("pred")))} · gold {E(str(x.get("gold")))}</span>'
+            f'<pre>{E(str(x.get("response") or ""))}</pre></li>' for x in a.examples[:2])
+        state = "still active at the last step" if a.active else f"recovered by step {a.last_step}"
+        items.append(
+            f'<div class="alert" data-monitor="{E(a.monitor)}"><h3>{E(a.monitor.replace("_", " "))}: '
+            f'since step {a.onset_step}</h3><p>{E(a.what)}. {E(a.evidence)} (raised at step {a.raised_step}, '
+            f'{E(state)}).</p>' + (f"<ul>{ex}</ul>" if ex else "<p>(no example samples at these steps)</p>")
+            + f'<p class="advice"><b>What to try:</b> {E(a.advice)}</p></div>')
+    return (f'<section id="alerts" class="alerts"><h2>Monitor alerts ({len(alerts)})</h2>' + "".join(items)
+            + "</section>")
+
+
+ALERT_CSS = (".alerts{border:2px solid #e63946;border-radius:6px;padding:.5em 1em;margin:1em 0;background:#fff5f5}"
+             ".alerts.ok{border-color:#2a9d8f;background:#f3fbfa}.alert h3{color:#b00020;margin:.6em 0 .2em}"
+             ".alert pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.3em;max-height:12em;"
+             "overflow:auto}.alert .advice{margin-top:.3em}")
+"""CSS of :func:`alert_panel_html`, appended to the report's style."""
+
+
+# ------------------------------------------------------------------------------------------------ cli
+def cmd_monitor(a) -> int:
+    alerts, notes = replay_run(a.run_dir)
+    for n in notes:
+        print(f"monitor: note: {n}", file=sys.stderr)
+    if a.json:
+        print(json.dumps([x.to_dict() for x in alerts], indent=2))
+    elif not alerts:
+        print(f"monitor: {a.run_dir}: no alert ({len(MONITORS)} monitors)")
+    else:
+        for x in alerts:
+            state = "active at the last step" if x.active else f"recovered by step {x.last_step}"
+            print(x.line() + f" [{state}]")
+    return ALERT_EXIT_CODE if alerts else 0
+
+
+def add_cli(sub) -> None:
+    m = sub.add_parser("monitor", help="reward-hacking / collapse verdicts of a run directory (exit 3 if any alert)")
+    m.add_argument("run_dir")
+    m.add_argument("--json", action="store_true", help="the alerts as a JSON list")
+    m.set_defaults(func=cmd_monitor)
+

@@ -1,0 +1,233 @@
+"""Monitors (medrlvr.monitor): synthetic runs for each failure mode raise the right alert at the
+right step, a healthy run raises none, the trainer raises the same alerts online as the offline
+`medrlvr monitor`, `on_alert: stop` checkpoints and exits with code 3, and the report shows the panel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medrlvr.cli import main
+from medrlvr.monitor import ALERT_EXIT_CODE, MONITORS, MonitorConfig, replay, replay_run
+
+ONSET = 4      # the synthetic failure starts at this step ...
+STEPS = 9      # ... of a run this long; with k = 3 the alert is raised at step ONSET + 2
+GOLDS = "ABCD"  # one gold per group (4 groups x 8 samples)
+THINKS = ["The fever and the rash point to an infection, so antibiotics fit best here.",
+          "Low platelets with bleeding suggest a clotting problem; the drug must act on it.",
+          "This drug blocks the enzyme, which explains the side effect in this patient."]
+
+
+def _sample(step: int, g: int, j: int, response: str, pred: str | None) -> dict:
+    gold = GOLDS[g]
+    return {"step": step, "id": f"q{step}-{g}", "group": g, "response": response, "reward": float(pred == gold),
+            "format_ok": True, "pred": pred, "gold": gold, "correct": pred == gold, "flags": [], "n_options": 4,
+            "options": {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Ibuprofen"}}
+
+
+def _healthy_samples(step: int) -> list[dict]:
+    out = []
+    for g in range(4):
+        for j in range(8):
+            pred = "ABCD"[(g + j * 3 + step) % 4]
+            out.append(_sample(step, g, j, f"<think>{THINKS[(j + g) % 3]}</think><answer>{pred}</answer>", pred))
+    return out
+
+
+def _healthy_metrics(step: int) -> dict:
+    return {"step": step, "reward_mean": 0.2, "accuracy": 0.25, "format_valid": 1.0, "response_tokens": 40.0,
+            "entropy": 1.2, "zero_var_frac": 0.25, "kl": 0.01}
+
+
+def _run(bad_metrics=None, bad_samples=None, evals=None):
+    """metrics and samples of a synthetic run: healthy before ONSET, then altered from ONSET on."""
+    metrics = [{"step": 0, "eval_accuracy": 0.25, "eval_format_valid": 1.0}]
+    samples: list[dict] = []
+    for step in range(1, STEPS + 1):
+        m, s = _healthy_metrics(step), _healthy_samples(step)
+        if step >= ONSET:
+            if bad_metrics:
+                m.update(bad_metrics)
+            if bad_samples:
+                s = bad_samples(step)
+        if evals and step in evals:
+            m["eval_accuracy"] = evals[step]
+        metrics.append(m)
+        samples.extend(s)
+    return metrics, samples
+
+
+def _echo(step):
+    return [_sample(step, g, j, "<think> reasoning process here </think> <answer> answer here </answer>", None)
+            for g in range(4) for j in range(8)]
+
+
+def _position(step):  # every answer is D; the golds are A, B, C, A (D never)
+    out = []
+    for g, gold in enumerate("ABCA"):
+        for j in range(8):
+            s = _sample(step, g, j, f"<think>{THINKS[j % 3]}</think><answer>D</answer>", "D")
+            s["gold"], s["id"] = gold, f"q{step}-{g}"
+            out.append(s)
+    return out
+
+
+def _answer_in_think(step):
+    return [_sample(step, g, j, f"<think>The answer is {GOLDS[g]}.</think><answer>{GOLDS[g]}</answer>", GOLDS[g])
+            for g in range(4) for j in range(8)]
+
+
+def _before_think(step):
+    pre = "Step 1: the patient has a fever and a rash. Step 2: that points to an infection, treat it. "
+    return [_sample(step, g, j, f"{pre}<think>{THINKS[0]}</think><answer>{GOLDS[(g + j) % 4]}</answer>",
+                    GOLDS[(g + j) % 4]) for g in range(4) for j in range(8)]
+
+
+CASES = {
+    "entropy_collapse": ({"entropy": 0.04}, None),
+    "no_learning_signal": ({"zero_var_frac": 1.0}, None),
+    "length_collapse": ({"response_tokens": 6.0}, None),
+    "kl_blowup": ({"kl": 2.5}, None),
+    "template_echo": (None, _echo),
+    "position_hack": (None, _position),
+    "answer_in_think": (None, _answer_in_think),
+    "reasoning_before_think": (None, _before_think),
+}
+
+
+def test_healthy_run_raises_nothing():
+    metrics, samples = _run(evals={3: 0.3, 6: 0.35, 9: 0.4})
+    assert replay(metrics, samples) == []
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_failure_mode_raises_its_alert_at_onset(name):
+    bad_m, bad_s = CASES[name]
+    metrics, samples = _run(bad_m, bad_s)
+    alerts = replay(metrics, samples)
+    assert [a.monitor for a in alerts] == [name]
+    a = alerts[0]
+    assert (a.onset_step, a.raised_step, a.active) == (ONSET, ONSET + 2, True)
+    assert a.what == MONITORS[name] and a.advice and a.evidence
+    if bad_s is not None:  # two example samples of the failure, from the onset step
+        assert len(a.examples) == 2 and all(x["step"] == ONSET for x in a.examples)
+
+
+def test_short_excursion_is_not_an_alert_and_recovery_is_recorded():
+    metrics, samples = _run({"entropy": 0.04})
+    metrics[ONSET + 1]["entropy"] = 1.0  # two bad steps, one good, then bad again
+    assert [(a.onset_step, a.raised_step) for a in replay(metrics, samples)] == [(ONSET + 2, ONSET + 4)]
+    metrics, samples = _run({"entropy": 0.04})
+    metrics[-1]["entropy"] = 1.0
+    (a,) = replay(metrics, samples)
+    assert (a.onset_step, a.active, a.last_step) == (ONSET, False, STEPS)
+    # k is a threshold of the config
+    (a,) = replay(*_run({"entropy": 0.04}), MonitorConfig(k=1))
+    assert (a.onset_step, a.raised_step) == (ONSET, ONSET)
+
+
+def test_train_accuracy_rising_while_heldout_flat():
+    # accuracy among well-formed answers 0.25 -> 0.8 from ONSET on; held-out flat at 0.25
+    bad = {"accuracy": 0.8, "format_valid": 1.0}
+    (a,) = replay(*_run(bad, evals={3: 0.25, 6: 0.25, 9: 0.25}))
+    assert (a.monitor, a.onset_step, a.raised_step) == ("train_heldout_gap", 6, 6)
+    # held-out rising with it: no alert
+    assert replay(*_run(bad, evals={3: 0.25, 6: 0.5, 9: 0.6})) == []
+    # format gains alone (accuracy rises only because more answers are well formed): no alert
+    metrics, samples = _run(evals={3: 0.25, 6: 0.25, 9: 0.25})
+    for m in metrics[1:]:
+        fv = min(1.0, 0.1 * m["step"])
+        m.update(format_valid=fv, accuracy=0.25 * fv)
+    assert replay(metrics, samples) == []
+
+
+def _write_run(d: Path, metrics, samples):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (d / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return d
+
+
+def test_monitor_cli(tmp_path, capsys):
+    bad = _write_run(tmp_path / "bad", *_run(None, _echo))
+    assert main(["monitor", str(bad)]) == ALERT_EXIT_CODE
+    out = capsys.readouterr().out
+    assert "ALERT template_echo since step 4 (raised at step 6)" in out
+    assert main(["monitor", str(bad), "--json"]) == ALERT_EXIT_CODE
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["monitor"] == "template_echo" and row["onset_step"] == 4
+    good = _write_run(tmp_path / "good", *_run())
+    assert main(["monitor", str(good)]) == 0
+    assert "no alert" in capsys.readouterr().out
+    assert main(["monitor", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "collapsed_run"
+
+
+def test_collapsed_run_fixture():
+    """A real collapse kept as a fixture: the cpu-demo preset before this issue's fixes (bf16 path),
+    which learned to copy the template's placeholder text."""
+    alerts, _ = replay_run(FIXTURE)
+    names = {a.monitor for a in alerts}
+    assert "template_echo" in names
+    echo = next(a for a in alerts if a.monitor == "template_echo")
+    assert any("reasoning process here" in x["response"] for x in echo.examples)
+
+
+# ------------------------------------------------------------------------------ the trainer's hook
+def _tiny(**kw):
+    from medrlvr.config import build_config
+
+    # the paper's reward on a random tiny model: every sample -1, every group zero-variance
+    base = {"reward_scheme": "paper", "max_steps": 4, "eval_every": 0, "save_every": 0, "prompts_per_step": 2,
+            "samples_per_prompt": 2, "max_new_tokens": 8, "eval_limit": 2}
+    return build_config("tiny", {**base, **kw})
+
+
+def test_trainer_raises_alerts_online_like_offline(tmp_path, capsys, one_thread):
+    from medrlvr.train import Trainer
+
+    t = Trainer(_tiny(), tmp_path, quiet=True)
+    t.train()
+    out = capsys.readouterr().out
+    assert "[monitor] ALERT no_learning_signal since step 1 (raised at step 3)" in out
+    online = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    offline, _ = replay_run(tmp_path)
+    assert online == [a.to_dict() | {"active": online[i]["active"], "last_step": online[i]["last_step"]}
+                      for i, a in enumerate(offline)]
+    assert [a["monitor"] for a in online] == [a.monitor for a in t.monitor.alerts]
+
+
+def test_on_alert_stop_checkpoints_and_exits_3(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    code = main(["train", "--config", "tiny", "--output", str(out), "reward_scheme=paper", "max_steps=6",
+                 "eval_every=0", "save_every=0", "prompts_per_step=2", "samples_per_prompt=2", "max_new_tokens=8",
+                 "eval_limit=2", "on_alert=stop"])
+    assert code == ALERT_EXIT_CODE == 3
+    assert "stopped by the monitor" in capsys.readouterr().err
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_3"
+    assert not (out / "final").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_on_alert_is_validated():
+    with pytest.raises(ValueError, match="on_alert"):
+        _tiny(on_alert="panic")
+
+
+# ------------------------------------------------------------------------------ the report panel
+def test_report_panel(tmp_path):
+    from medrlvr.analysis.report import build_report
+
+    run = _write_run(tmp_path / "bad", *_run(None, _echo))
+    text = build_report(run, quiet=True).read_text()
+    top = text.index('id="alerts"')
+    assert top < text.index("<h2>Accuracy")  # at the top
+    assert "template echo: since step 4" in text and "What to try" in text
+    assert text.count('class="alert-example"') == 2
+    good = _write_run(tmp_path / "good", *_run())
+    assert "No alert" in build_report(good, quiet=True).read_text()
