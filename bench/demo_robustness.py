@@ -1,6 +1,6 @@
 """Robustness of the main job: the cpu-demo preset for several seeds on each arithmetic path.
 
-Runs ``medrlvr demo`` (the real preset, nothing shortened) once per (path, seed), one after the other, each in
+Runs ``medrlvr demo`` (the real preset, nothing shortened) once per (seed, path), one after the other, each in
 a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CPUs) and ``MEDRLVR_BF16=0``
 (fp32), and prints a table of the issue-13 criteria with the wall time of each run:
 
@@ -115,8 +115,8 @@ def main() -> int:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
           f"auto = {auto}", flush=True)
     rows = []
-    for path in a.paths.split(","):
-        for seed in [int(x) for x in a.seeds.split(",")]:
+    for seed in [int(x) for x in a.seeds.split(",")]:  # seed-major: both paths of seed 0 come first
+        for path in a.paths.split(","):
             key = (path, seed)
             if key not in done:
                 print(f"[robustness] {path} seed {seed} ...", flush=True)

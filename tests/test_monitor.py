@@ -168,14 +168,25 @@ def test_monitor_cli(tmp_path, capsys):
 FIXTURE = Path(__file__).parent / "fixtures" / "collapsed_run"
 
 
-def test_collapsed_run_fixture():
-    """A real collapse kept as a fixture: the cpu-demo preset before this issue's fixes (bf16 path),
-    which learned to copy the template's placeholder text."""
-    alerts, _ = replay_run(FIXTURE)
-    names = {a.monitor for a in alerts}
-    assert "template_echo" in names
-    echo = next(a for a in alerts if a.monitor == "template_echo")
-    assert any("reasoning process here" in x["response"] for x in echo.examples)
+def test_collapsed_run_fixture(tmp_path):
+    """A real run kept as a fixture (tests/fixtures/collapsed_run: `medrlvr train --config tiny
+    reward_scheme=paper max_steps=4 prompts_per_step=2 samples_per_prompt=4 max_new_tokens=16`): the paper's
+    gated reward gives the random tiny model -1 for every sample, so every group has zero variance
+    from step 1. Its recorded alerts.jsonl, the offline replay and the report panel agree."""
+    from medrlvr.analysis.report import build_report
+
+    alerts, notes = replay_run(FIXTURE)
+    assert notes == []
+    assert [(a.monitor, a.onset_step, a.raised_step) for a in alerts] == [("no_learning_signal", 1, 3)]
+    recorded = [json.loads(x) for x in (FIXTURE / "alerts.jsonl").read_text().splitlines()]
+    assert [(r["monitor"], r["onset_step"], r["raised_step"]) for r in recorded] == [("no_learning_signal", 1, 3)]
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    text = build_report(run, quiet=True).read_text()
+    assert text.index('id="alerts"') < text.index("<h2>Accuracy")
+    assert "no learning signal: since step 1" in text
 
 
 # ------------------------------------------------------------------------------ the trainer's hook
@@ -231,3 +242,42 @@ def test_report_panel(tmp_path):
     assert text.count('class="alert-example"') == 2
     good = _write_run(tmp_path / "good", *_run())
     assert "No alert" in build_report(good, quiet=True).read_text()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium (run `make chromium`)"
+)
+def test_report_panel_in_headless_chromium(tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser test needs the 'playwright' Python package (pip install playwright)")
+    from medrlvr.analysis.report import build_report
+
+    run = _write_run(tmp_path / "bad", *_run(None, _echo))
+    html_path = build_report(run, quiet=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(html_path.as_uri(), wait_until="load")
+            panel = page.locator("#alerts")
+            assert panel.is_visible()
+            box = panel.bounding_box()
+            assert box["y"] < 900  # on the first screen
+            assert box["y"] < page.locator("img").first.bounding_box()["y"]  # above every chart
+            text = panel.inner_text()
+            assert "template echo: since step 4" in text and "What to try" in text
+            assert page.locator("#alerts .alert-example").count() == 2
+            assert "reasoning process here" in page.locator("#alerts .alert-example pre").first.inner_text()
+            page.screenshot(path=str(tmp_path / "report_alerts.png"))
+            assert not errors, errors
+        finally:
+            browser.close()

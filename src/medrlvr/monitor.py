@@ -82,9 +82,9 @@ ADVICE: dict[str, str] = {
     "no_learning_signal": "use dynamic_sampling, more samples_per_prompt, a graded reward (reward_scheme=shaped), "
                           "or stop: the policy has converged or collapsed",
     "length_collapse": "check the samples for a template copy or a bare letter; lower lr, add kl_coef",
-    "position_hack": "shuffle options per sample (shuffle_options_per_sample), lower lr, add kl_coef or entropy_coef",
-    "template_echo": "score echoes as a bad format (reward_scheme=shaped or composite), use a prompt without "
-                     "placeholder text (template=r1-zero-plain)",
+    "position_hack": "keep shuffle_options on, lower lr, add kl_coef or entropy_coef; check the gold-letter balance",
+    "template_echo": "score echoes as a bad format (reward_scheme=shaped, whose reward_echo is -1, or composite), "
+                     "or drop the placeholder text from the prompt",
     "answer_in_think": "penalise it (reward_scheme=composite), or accept it as the paper's stage 4",
     "reasoning_before_think": "use reward_scheme=strict or composite (penalises text before <think>)",
     "kl_blowup": "lower lr, raise kl_coef, lower clip_high",
