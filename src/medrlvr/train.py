@@ -30,6 +30,7 @@ trained policy in Hugging Face format).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
