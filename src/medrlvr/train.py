@@ -592,9 +592,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", fmt=f"{rec['format_valid']:.2f}",
                                 acc=f"{rec['accuracy']:.2f}")
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or self._alert_stop:
+            stop = cfg.on_alert == "stop" and not distributed.all_true(not self._alert_stop)  # rank 0 decides
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or stop:
                 ckpt = self.save_checkpoint()
-            if self._alert_stop:  # on_alert: stop -- checkpointed above; the CLI exits with ALERT_EXIT_CODE
+            if stop:  # on_alert: stop -- checkpointed above (every rank); the CLI exits with ALERT_EXIT_CODE
                 from .monitor import MonitorStop
 
                 if bar is not None:
