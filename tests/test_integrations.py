@@ -138,3 +138,17 @@ def test_launch_dry_run_and_bad_dir(tmp_path, capsys):
     assert "run.sh" in out and "trainer.total_training_steps=1" in out
     assert main(["verl", "launch", str(tmp_path)]) == 2
     assert "not a directory written by `medrlvr verl prepare`" in capsys.readouterr().err
+
+
+def test_prompt_length_bound_is_checked(tmp_path, capsys):
+    d = iv.prepare(build_config("paper-3b", SMALL), tmp_path / "ok")
+    m = json.loads((d / iv.MARKER).read_text())
+    from medrlvr.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    rows = pq.read_table(d / "train.parquet").to_pylist() + pq.read_table(d / "val.parquet").to_pylist()
+    longest = max(len(tok(r["prompt"][0]["content"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert m["longest_prompt"] == [longest, "tokens"] and m["max_prompt_length"] >= longest
+    rc = main(["verl", "prepare", "--config", "paper-3b", "--out", str(tmp_path / "x"), "--max-prompt-length",
+               str(longest - 1), *SMALL])
+    assert rc == 2 and "--max-prompt-length" in capsys.readouterr().err

@@ -388,12 +388,17 @@ def compute_score(data_source: Any, solution_str: Any, ground_truth: Any, extra_
 
 def _max_prompt_tokens(prompts: Sequence[str], model: str) -> tuple[int, str]:
     """Longest prompt in tokens with the model's tokenizer, else a UTF-8 byte bound (byte-level BPE tokens
-    cover at least one byte each)."""
+    cover at least one byte each). verl 0.9.1's agent loop left-truncates a prompt longer than
+    ``data.max_prompt_length`` with only a warning, so the bound must hold for every prompt."""
     try:
         from ..models import load_tokenizer
 
         tok = load_tokenizer(model)
-        return max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts), "tokens"
+        longest = 0
+        for i in range(0, len(prompts), 1024):
+            enc = tok(list(prompts[i:i + 1024]), add_special_tokens=False)["input_ids"]
+            longest = max(longest, max(map(len, enc)))
+        return longest, "tokens"
     except Exception as e:  # noqa: BLE001 - no tokenizer here (e.g. a Hub id offline): bound instead
         return max(len(p.encode("utf-8")) for p in prompts), f"UTF-8 bytes (tokenizer unavailable: {type(e).__name__})"
 
@@ -429,8 +434,8 @@ def prepare(cfg: TrainConfig, out: str | Path, *, nnodes: int = 1, gpus_per_node
     va_rows = [_row(r, cfg.template, tok, cfg.prefill_think, i, "val") for i, r in enumerate(ev_recs)]
     _write_parquet(tr_rows, out / "train.parquet")
     _write_parquet(va_rows, out / "val.parquet")
-    prompts = sorted({r["prompt"][0]["content"] for r in tr_rows + va_rows}, key=len)
-    longest, unit = _max_prompt_tokens(prompts[-64:], cfg.model)
+    prompts = sorted({r["prompt"][0]["content"] for r in tr_rows + va_rows})
+    longest, unit = _max_prompt_tokens(prompts, cfg.model)  # every distinct prompt: verl would cut a longer one
     if max_prompt_length is None:
         max_prompt_length = int(math.ceil(longest / 64) * 64)
     elif max_prompt_length < longest:
