@@ -64,6 +64,14 @@ def env_world() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def default_device() -> torch.device:
+    """Where the trainer puts its models: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available,
+    else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", env_world()[2])
+    return torch.device("cpu")
+
+
 def is_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

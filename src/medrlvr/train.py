@@ -180,7 +180,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, model=None, tokenizer=None,
                  quiet: bool = False, reward_fn=None, allow_change: tuple[str, ...] = ()):
         self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
-        distributed.init(cfg)  # torchrun's process group when WORLD_SIZE > 1; sets cfg.rank / world_size
+        self.device = distributed.default_device()  # cuda:LOCAL_RANK where CUDA is available, else the CPU
+        distributed.init(cfg, self.device)  # torchrun's process group when WORLD_SIZE > 1; sets cfg.rank / world_size
         if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.resume)
             self._changes = resume_mod.check_drift(self.out, cfg, allow_change)
             self._resume_dir = resume_mod.find_checkpoint(self.out)
@@ -191,6 +192,7 @@ class Trainer:
         if model is None:
             model, tokenizer = load_policy(cfg.model, cfg.dtype, seed=cfg.seed)
         self.tok = tokenizer
+        model = model.to(self.device)
         if cfg.lora and not is_lora(model):
             model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
         self.policy = model
@@ -304,7 +306,8 @@ class Trainer:
             need = cfg.prompts_per_step - (len(samples) // cfg.samples_per_prompt)
             lo, hi = distributed.shard_range(need, cfg.rank, cfg.world_size)  # this rank's share of the global batch
             recs = self.stream.take(need)[lo:hi]
-            seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds) for i in range(len(recs)))
+            seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds)
+                          for i in range(len(recs)))
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                     stop=tuple(cfg.stop), prompt_seeds=seeds)
             prompts = [render(r, cfg.template, self.tok, cfg.prefill_think) for r in recs]
@@ -359,7 +362,7 @@ class Trainer:
             if not (need_old or cfg.kl_coef > 0 or self.critic is not None):
                 break
             b = pack([x.prompt_ids for x in chunk], [x.token_ids for x in chunk], self.tok.pad_token_id,
-                     share_prompt=cfg.share_prompt)
+                     share_prompt=cfg.share_prompt).to(self.device)
 
             def run(m, b=b):
                 o = r = v = None
@@ -379,7 +382,7 @@ class Trainer:
                 o, r, v = self.par.fwd(run)
             for lst, t in ((old, o), (ref, r), (vals, v)):
                 if t is not None:
-                    lst.append(t)
+                    lst.append(t.cpu())  # advantages and statistics are computed on the CPU
         self.policy.train()
 
         def cat(ts):
@@ -451,14 +454,15 @@ class Trainer:
                 for m in range(0, len(mine), micro):
                     sub = mine[m:m + micro]
                     b = pack([samples[i].prompt_ids for i in sub], [samples[i].token_ids for i in sub],
-                             self.tok.pad_token_id, share_prompt=cfg.share_prompt)
+                             self.tok.pad_token_id, share_prompt=cfg.share_prompt).to(self.device)
                     T = b.response_mask.shape[1]
                     sl = torch.tensor(sub)
                     last = m + micro >= len(mine)
                     with self.par.no_sync(last):
                         with self._autocast():
                             lp, ent, vpred = self.par.fwd(train_fwd, b)
-                        mk = mask[sl, :T]
+                        dv = self.device
+                        mk = mask[sl, :T].to(dv)
                         ntok = float(mk.sum())
                         w = distributed.loss_weight(mk, count, cfg.loss_agg)
                         w_tok = ntok / max(tok_count, 1e-8)
@@ -466,18 +470,18 @@ class Trainer:
                             mm = _engine_mismatch(lp.detach(), [samples[i] for i in sub], mk)
                             if mm is not None:
                                 stats.add("logprob_mismatch", mm * ntok, ntok)
-                        old = old_lp[sl, :T] if old_lp is not None else lp.detach()
-                        ploss, pm = algos.policy_loss(lp, old, adv[sl, :T], mk, clip_low=cfg.clip_low,
+                        old = old_lp[sl, :T].to(dv) if old_lp is not None else lp.detach()
+                        ploss, pm = algos.policy_loss(lp, old, adv[sl, :T].to(dv), mk, clip_low=cfg.clip_low,
                                                       clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
                                                       agg=cfg.loss_agg, max_len=agg_max_len)
                         loss = ploss
                         if ref_lp is not None and cfg.kl_mode == "loss" and cfg.kl_coef > 0:
-                            kl = algos.kl_loss(lp, ref_lp[sl, :T], mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
+                            kl = algos.kl_loss(lp, ref_lp[sl, :T].to(dv), mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
                             loss = loss + cfg.kl_coef * kl
                         vloss = None
                         if vpred is not None:
-                            vloss, vm = algos.value_loss(vpred, values[sl, :T], ret[sl, :T], mk, clip=cfg.value_clip,
-                                                         agg=cfg.loss_agg)
+                            vloss, vm = algos.value_loss(vpred, values[sl, :T].to(dv), ret[sl, :T].to(dv), mk,
+                                                         clip=cfg.value_clip, agg=cfg.loss_agg)
                             loss = loss + cfg.vf_coef * vloss
                         loss = loss * w
                         ent_mean = algos.masked_mean(ent, mk)
