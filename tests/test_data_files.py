@@ -158,9 +158,10 @@ def test_empty_and_header_only_refused(tmp_path, capsys, name, content, msg):
 def test_empty_file_eval_refused(tmp_path, capsys):
     p = tmp_path / "header.csv"
     p.write_text("question,A,B,answer\n")
-    assert main(["eval", "--model", "tiny", "--benchmarks", str(p), "--mode", "loglik", "--quiet",
-                 "--output", str(tmp_path / "o")]) == 2
-    assert f"{p}: no records" in capsys.readouterr().err
+    # the data is checked before the model loads: this model does not exist, the error is the file's
+    assert main(["eval", "--model", str(tmp_path / "no-model"), "--benchmarks", str(p), "--mode", "loglik",
+                 "--quiet", "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"medrlvr: error: {p}: no records: only a header row (question, A, B, answer)\n"
     assert not (tmp_path / "o" / "results.json").exists()
 
 

@@ -751,18 +751,23 @@ def cmd_eval(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     rank, _world = init_eval()  # torchrun --nproc-per-node N -m medrlvr eval ...: questions sharded over ranks
+    # the data first: a bad file is reported before minutes of model loading (skipped records: rank 0 reports)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
+        sets = _resolve_benchmarks([b for b in a.benchmarks.split(",") if b.strip()], a.data_root, a.columns,
+                                   a.skip_invalid)
     model_path = resolve_model_dir(a.model)
     model, tok = load_policy(model_path, a.dtype, seed=a.seed)
     if torch.cuda.is_available():
         model = model.to("cuda")
     out = a.output or f"runs/eval/{_slug(Path(a.model).name if os.path.exists(a.model) else a.model)}-{a.mode}"
-    res = evaluate(model, tok, [b for b in a.benchmarks.split(",") if b.strip()], mode=a.mode,
+    res = evaluate(model, tok, sets, mode=a.mode,
                    n_samples=a.n_samples, limit=a.limit, output_dir=out, data_root=a.data_root, template=a.template,
                    batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
-                   n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, columns=a.columns,
-                   skip_invalid=a.skip_invalid, prefill_think=not a.no_prefill, model_name=a.model,
-                   resume=not a.overwrite,
-                   progress=not a.quiet, scoring_dtype=a.scoring_dtype)
+                   n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, prefill_think=not a.no_prefill,
+                   model_name=a.model, resume=not a.overwrite, progress=not a.quiet, scoring_dtype=a.scoring_dtype)
     if rank:
         return 0
     if a.json:
