@@ -277,6 +277,11 @@ def test_allowed_change_applies_and_is_recorded(saved_run, tokenizer, one_thread
     assert [h["step"] for h in hist] == [3] and hist[0]["lr"] == 5e-4
 
 
+def test_resume_accepts_a_change_that_does_not_alter_training(saved_run, tokenizer):
+    t = _trainer(saved_run, tokenizer, resume=True, max_steps=3, save_every=2, on_alert="stop")
+    assert t.step == 2 and not (saved_run / "config_changes.jsonl").exists()
+
+
 def test_cli_resume_with_changed_lr_exits_2(saved_run, capsys):
     rc = cli.main(["train", "--config", "tiny", "--output", str(saved_run), "--resume", "lr=5e-4"])
     err = capsys.readouterr().err

@@ -30,7 +30,7 @@ from . import fileio
 
 SAFE_TO_CHANGE = frozenset({
     "eval_every", "save_every", "keep_checkpoints", "sample_every", "data_root", "rank", "world_size",
-    "parallel", "dist_timeout_s", "eval_data", "eval_limit", "eval_max_new_tokens",
+    "parallel", "dist_timeout_s", "eval_data", "eval_limit", "eval_max_new_tokens", "on_alert",
 })
 """Fields that change what is evaluated, saved or logged, or where data is found, not the trained weights."""
 
