@@ -1,7 +1,7 @@
 """Where the fast engine's rollout time goes: torch.profiler over one ``generate`` call.
 
 SmolLM2-135M, MedQA 4-option test questions (R1-Zero prompt), ``--prompts`` x ``--n`` samples of
-``--max-new-tokens`` tokens (``ignore_eos``), the engine's PyTorch path (``kernels=False``) in ``--dtype``
+``--max-new-tokens`` tokens (``ignore_eos``), the fast engine in ``--dtype``
 (bf16 by default). After a warm-up call, one profiled call; prints the top operators by self CPU time,
 then the time grouped into linear (oneDNN matmuls of the projections and LM head), attention products,
 copies/indexing, other element-wise ops, and Python/engine overhead (wall time not inside any op).
@@ -62,7 +62,7 @@ def main() -> None:
     model.eval()
     recs = load_benchmark("medqa-4opt:test", data_root=args.data_root).records[: args.prompts]
     prompts = [render(r, "r1-zero") for r in recs]
-    eng = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size, kernels=False)
+    eng = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, stop=(), ignore_eos=True, seed=0)
     eng.generate(prompts[:1], args.n, SamplingParams(max_new_tokens=4, stop=(), ignore_eos=True, seed=0))
     with profile(activities=[ProfilerActivity.CPU]) as prof:

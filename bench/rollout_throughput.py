@@ -17,13 +17,11 @@ machine both the work and the limit are slowed by the others' load, so the fract
 where raw tokens/s do not.
 
 ``--rows 8,32,128``: instead, time the fast engine at each row count (``rows / n`` prompts, batch size =
-rows) and print tokens/s and fraction_of_limit for each. ``--compare-kernels``: time the bf16 engine
-with the C++ kernels and with the PyTorch path alternately (kernels, torch, kernels, torch) and print
-``kernels_over_torch=``.
+rows) and print tokens/s and fraction_of_limit for each.
 
     python bench/rollout_throughput.py [--prompts 8] [--n 4] [--max-new-tokens 256] [--dtype auto|bf16|fp32]
                                        [--threads N] [--skip-hf] [--hf-max-new-tokens K]
-                                       [--rows 8,32,128] [--compare-kernels]
+                                       [--rows 8,32,128]
 """
 
 from __future__ import annotations
@@ -88,8 +86,7 @@ def main() -> None:
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--data-root", default=str(ROOT / ".." / "shared" / "data"))
     ap.add_argument("--rows", default="", help="comma-separated row counts: time the fast engine at each")
-    ap.add_argument("--compare-kernels", action="store_true", help="bf16: C++ kernels vs the PyTorch path")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting in --rows/--compare-kernels")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting in --rows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,28 +122,15 @@ def main() -> None:
     def time_engine(eng, ps, tag: str, batch_rows: int) -> tuple[float, float]:
         dt, ntok = run(eng, ps, args.n, params)
         st = eng.last_stats
-        print(f"fast ({eng.dtype}{', kernels' if st.get('kernels') else ''}) [{tag}]: {ntok} tokens in {dt:.2f} s = "
-              f"{ntok / dt:.1f} tokens/s; prefilled {st['prefill_tokens']} prompt tokens "
-              f"(+{st['shared_prefix_tokens']} reused), {st['decode_steps']} decode steps, kernel threads "
-              f"{st.get('kernel_threads', '-')}; peak RSS so far {peak_rss_mb():.0f} MB", flush=True)
+        print(f"fast ({eng.dtype}) [{tag}]: {ntok} tokens in {dt:.2f} s = "
+              f"{ntok / dt:.1f} tokens/s; prefilled {st['prefill_tokens']} prompt tokens, "
+              f"{st['decode_steps']} decode steps, threads {st.get('threads', '-')}; "
+              f"peak RSS so far {peak_rss_mb():.0f} MB", flush=True)
         lim = limit_for(len(ps), batch_rows)
         print("  " + roofline.report(f"{tag}, {len(ps) * args.n} rows", lim, dt,
                                      f"{len(ps)} prompts x {args.n} x {args.max_new_tokens} tokens"), flush=True)
         return ntok / dt, lim.seconds / dt
 
-    if args.compare_kernels:
-        ek = make_engine("fast", model, tok, dtype="bf16", batch_size=args.batch_size, kernels=True)
-        et = make_engine("fast", model, tok, dtype="bf16", batch_size=args.batch_size, kernels=False)
-        br = min(args.batch_size, len(prompts) * args.n)
-        for e in (ek, et):
-            run(e, prompts[:1], args.n, warm)
-        res = {"kernels": [], "torch": []}
-        for i in range(args.repeats):
-            res["kernels"].append(time_engine(ek, prompts, f"C++ kernels, run {i + 1}", br)[0])
-            res["torch"].append(time_engine(et, prompts, f"PyTorch bf16, run {i + 1}", br)[0])
-        k, t_ = (sum(v) / len(v) for v in (res["kernels"], res["torch"]))
-        print(f"kernels_tokens_per_s={k:.1f} torch_tokens_per_s={t_:.1f} kernels_over_torch={k / t_:.2f}")
-        return
     if rows_list:
         run(fast, prompts[:1], args.n, warm)
         summary = []

@@ -1,7 +1,7 @@
 """The ``fast`` rollout engine against transformers ``generate`` (the ``hf`` engine) and a plain forward.
 
-Tiny random models (SmolLM2 tokenizer): a Llama with head_dim 16 (PyTorch path) and small Llama / Qwen2
-models with head_dim 64 (the compiled-kernel path in bf16, when the CPU has AVX512-BF16).
+Tiny random models (SmolLM2 tokenizer): a Llama with head_dim 16 (fp32) and small Llama / Qwen2 models with
+head_dim 64 (bf16, as on CPUs where it is native; PyTorch emulates it elsewhere, slowly but correctly).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from medrlvr.fast_rollout import FastEngine, UnsupportedModelError, load_kernels
+from medrlvr.fast_rollout import FastEngine, UnsupportedModelError
 from medrlvr.models import make_tiny_model
 from medrlvr.rollout import ENGINES, SamplingParams, make_engine
 
@@ -69,10 +69,6 @@ def tiny_qwen2(vocab: int, hidden: int = 64, heads: int = 4, kv_heads: int = 2, 
                 for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     p.bias.normal_(0, 0.5)
     return m.eval()
-
-
-kernels_available = load_kernels() is not None
-needs_kernels = pytest.mark.skipif(not kernels_available, reason="fast-engine kernels need g++ and AVX512-BF16")
 
 
 # ----------------------------------------------------------------------------------- vs transformers
@@ -199,16 +195,13 @@ def test_unsupported_model_raises(tokenizer):
         make_engine("fast", make_tiny_model(vocab_size=len(tokenizer)), tokenizer, dtype="int8")
 
 
-# --------------------------------------------------------------------------------- bf16 kernel path
-@needs_kernels
-def test_kernel_path_close_to_fp32(llama64, tokenizer):
+# ---------------------------------------------------------------------------------------- bf16 path
+def test_bf16_path_close_to_fp32(llama64, tokenizer):
     prompts = mixed_prompts(10, shared_head=True)
     eng = make_engine("fast", llama64, tokenizer, dtype="bf16", batch_size=8)
-    assert eng.uses_kernels
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=())
     ref = make_engine("fast", llama64, tokenizer, dtype="fp32").generate(prompts, 1, greedy)
     out = eng.generate(prompts, 1, greedy)
-    assert eng.last_stats["shared_prefix_tokens"] > 0                     # the template prefix was reused
     agree = sum(len(os.path.commonprefix([a[0].token_ids, b[0].token_ids])) for a, b in zip(out, ref))
     assert agree >= 0.8 * sum(len(a[0].token_ids) for a in ref)
     params = SamplingParams(max_new_tokens=10, temperature=0.8, stop=(), seed=5)
@@ -221,23 +214,22 @@ def test_kernel_path_close_to_fp32(llama64, tokenizer):
             assert (torch.tensor(c.logprobs) - ref_lp).abs().max() < 0.05
 
 
-@needs_kernels
-def test_kernel_path_batch_invariant(llama64, tokenizer):
-    """Per-row arithmetic does not depend on the batch, refills or the prefix reuse: same greedy tokens."""
-    prompts = mixed_prompts(9, shared_head=True)
-    params = SamplingParams(max_new_tokens=14, temperature=0.0, stop=("the",))
-    big = make_engine("fast", llama64, tokenizer, batch_size=64).generate(prompts, 2, params)
-    small = make_engine("fast", llama64, tokenizer, batch_size=3)
-    small.min_shared_prefix = 10 ** 9
-    assert ids_of(small.generate(prompts, 2, params)) == ids_of(big)
-    assert small.last_stats["shared_prefix_tokens"] == 0
+def test_bf16_thread_tuning_restores_torch_threads(llama64, tokenizer):
+    """bf16 tunes torch's thread count per step (all vs one) and puts it back after the call."""
+    torch.set_num_threads(2)
+    try:
+        eng = make_engine("fast", llama64, tokenizer, dtype="bf16", batch_size=4)
+        eng.generate(mixed_prompts(3), 2, SamplingParams(max_new_tokens=6, temperature=1.0, stop=(), seed=1))
+        assert torch.get_num_threads() == 2
+        assert eng.last_stats["threads"] in (1, 2)
+        assert set(eng.last_stats["thread_timings_us"]["decode"]) <= {1, 2}
+    finally:
+        torch.set_num_threads(1)
 
 
-@needs_kernels
-def test_kernel_path_qwen2_biases(tokenizer):
+def test_bf16_path_qwen2_biases(tokenizer):
     m = tiny_qwen2(len(tokenizer), hidden=128, heads=2, kv_heads=1, seed=4)
-    eng = make_engine("fast", m, tokenizer)
-    assert eng.uses_kernels
+    eng = make_engine("fast", m, tokenizer, dtype="bf16")
     params = SamplingParams(max_new_tokens=8, temperature=1.0, stop=(), seed=2)
     for g in eng.generate(mixed_prompts(3), 2, params):
         for c in g:
