@@ -39,8 +39,8 @@ def run_ours(args, workdir) -> tuple[list[float], list[float]]:
     from medrlvr.config import build_config
     from medrlvr.train import Trainer
 
-    ov = {"model": "smollm2-135m", "algo": "grpo", "prompts_per_step": 2, "samples_per_prompt": 4,
-          "max_new_tokens": 128, "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": args.lr,
+    ov = {"model": getattr(args, "model", "smollm2-135m"), "algo": "grpo", "prompts_per_step": 2,
+          "samples_per_prompt": 4, "max_new_tokens": getattr(args, "max_new_tokens", 128), "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": args.lr,
           "reward_scheme": args.reward,
           "micro_batch_size": 8, "max_steps": args.steps, "eval_every": 0, "save_every": 0, "engine": args.engine,
           "autocast_bf16": args.dtype_mode == "bf16-autocast", "train_data": "starter:train", "eval_limit": 1,
