@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from medrlvr.config import build_config  # noqa: E402
+from medrlvr.hardware import cpu_model  # noqa: E402
 from medrlvr.models import load_tokenizer, make_tiny_model  # noqa: E402
 from medrlvr.resume import complete_checkpoints  # noqa: E402
 from medrlvr.train import Trainer  # noqa: E402
@@ -180,23 +181,12 @@ def main() -> int:
           f"{sum(1 for r in results if r[3] is None)} runs finished before their kill time)")
     print(f"total: {len(kills)} kills / {ident} identical resumes "
           f"(weights, metrics.jsonl without timings, samples.jsonl); {time.monotonic() - t0:.0f} s, "
-          f"CPU: {_cpu()}")
+          f"CPU: {cpu_model()} ({os.cpu_count()} cores)")
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)
     return 0 if ident == len(kills) and len(kills) > 0 else 1
 
-
-def _cpu() -> str:
-    try:
-        for ln in open("/proc/cpuinfo"):
-            if ln.startswith("model name"):
-                return f"{ln.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,15 +36,6 @@ CRITERIA = (
     ("alerts", "no alert at the end", lambda a, s: not [x for x in s["alerts"] if x.get("active")]),
 )
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_one(path: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -109,10 +99,10 @@ def main() -> int:
             done[(r["path"], r["seed"])] = r
     import torch
 
-    from medrlvr.hardware import fast_bf16
+    from medrlvr.hardware import cpu_model, fast_bf16
 
     auto = "bf16" if fast_bf16(torch.device("cpu")) else "fp32"
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
           f"auto = {auto}", flush=True)
     rows = []
     for seed in [int(x) for x in a.seeds.split(",")]:  # seed-major: both paths of seed 0 come first
@@ -125,7 +115,7 @@ def main() -> int:
                     f.write(json.dumps(done[key]) + "\n")
                 print(table([done[key]]).splitlines()[-1], flush=True)
             rows.append(done[key])
-    md = (f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs), auto = {auto}.\n\n" + table(rows) + "\n")
+    md = (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), auto = {auto}.\n\n" + table(rows) + "\n")
     (out / "table.md").write_text(md)
     print(md)
     return 0

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import random
 import statistics
 import time
 
+from medrlvr.hardware import cpu_model
 from medrlvr.reward import LETTERS, SCHEMES, make_trl_reward_func, score, verl_compute_score
 
 FRAGMENTS = [
@@ -178,7 +178,7 @@ def main() -> int:
             worst[(fam, n)] = best_slowest
 
     # ---- report
-    cpu = _cpu()
+    cpu = f"{cpu_model()} ({os.cpu_count()} cores)"
     print(f"reward_fuzz: {a.n:,} generated strings x {len(schemes)} schemes ({', '.join(schemes)}) + "
           f"{len(adversarial(8))} adversarial families x {len(lengths)} lengths; {n_calls:,} calls; CPU: {cpu}")
     for k, v in bad.items():
@@ -213,15 +213,6 @@ def main() -> int:
     print(f"  result: {'OK' if failures == 0 else 'FAILURES'} ({failures} bad calls)")
     return 1 if failures else 0
 
-
-def _cpu() -> str:
-    try:
-        for ln in open("/proc/cpuinfo"):
-            if ln.startswith("model name"):
-                return f"{ln.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -84,21 +84,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str], label: str = "file") -> None:
     """Replace ``path`` by ``lines`` (each written followed by ``"\\n"``) atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for ln in lines:
-                f.write(ln + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        fault(f"{label}.written")
-        os.replace(tmp, path)
-        fault(f"{label}.replaced")
-        fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SaveError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines), label)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, label: str = "file") -> None:

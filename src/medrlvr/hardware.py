@@ -20,16 +20,26 @@ import torch
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (Linux); None elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags from ``/proc/cpuinfo`` (Linux); empty where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_cpuinfo("flags", "Features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for every figure a benchmark prints (the CPUs this project runs on change)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def fast_bf16(device: str | torch.device = "cpu") -> bool:

@@ -31,10 +31,8 @@ The FLOP and byte counts are pure functions of the model config (tested in ``tes
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -110,15 +108,6 @@ class Machine:
         return max(self.rate(M, n, k) for _, n, k, _ in shape.linears())
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def cpu_summary() -> str:
     """CPU model, logical CPUs, the vector/matrix flags that decide the GEMM rate, torch's capability."""
@@ -126,7 +115,7 @@ def cpu_summary() -> str:
 
     import torch
 
-    from .hardware import cpu_flags
+    from .hardware import cpu_flags, cpu_model
 
     keep = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16", "neon",
             "asimd", "sve", "bf16")
