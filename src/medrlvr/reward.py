@@ -65,6 +65,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import unicodedata
@@ -646,16 +647,23 @@ def _echo_of(text: str, cfg: RewardConfig) -> bool:
         return False
     n_words = len(t.split())
     thr = cfg.template_echo_similarity
-    for part in cfg.template_texts:
-        p = _norm_text(part)
-        if not p:
-            continue
+    for p in _norm_parts(cfg.template_texts):
         if t == p or (n_words >= cfg.template_echo_min_words and f" {t} " in f" {p} "):
             return True
+        # difflib's real_quick_ratio (an upper bound of ratio from the lengths alone), computed before a
+        # SequenceMatcher is built: most responses are far longer than any fixed text and stop here.
+        if 2.0 * min(len(t), len(p)) / (len(t) + len(p)) < thr:
+            continue
         sm = difflib.SequenceMatcher(None, t, p, autojunk=False)
-        if sm.real_quick_ratio() >= thr and sm.quick_ratio() >= thr and sm.ratio() >= thr:
+        if sm.quick_ratio() >= thr and sm.ratio() >= thr:
             return True
     return False
+
+
+@functools.lru_cache(maxsize=8)
+def _norm_parts(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The fixed prompt texts, normalised once per configuration (the non-empty ones)."""
+    return tuple(p for p in map(_norm_text, parts) if p)
 
 
 def is_template_echo(parsed: Parsed, config: RewardConfig | None = None) -> bool:
