@@ -122,3 +122,38 @@ def test_adapters_never_raise(texts, data):
     v = verl_compute_score("d", texts[0], golds[0], {"n_options": n})
     assert v["score"] == out[0]
     assert isinstance(v["pred"], str)
+
+
+def _echo_reference(text: str, cfg) -> bool:
+    """``template_echo`` by its definition alone: no length pre-filter, no difflib short-cuts."""
+    import difflib
+
+    from medrlvr.reward import _norm_parts, _norm_text
+
+    t = _norm_text(text)
+    if not t:
+        return False
+    for p in _norm_parts(cfg.template_texts):
+        if t == p or (len(t.split()) >= cfg.template_echo_min_words and f" {t} " in f" {p} "):
+            return True
+        if difflib.SequenceMatcher(None, t, p, autojunk=False).ratio() >= cfg.template_echo_similarity:
+            return True
+    return False
+
+
+_ECHO_PIECES = list(__import__("medrlvr.reward", fromlist=["TEMPLATE_TEXTS"]).TEMPLATE_TEXTS) + [
+    "ＡＮＳＷＥＲ ＨＥＲＥ", "\ufb01nal answer here", "reasoning process here " * 3, "x" * 150, "É", "ß",
+]
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.sampled_from(_ECHO_PIECES), st.sampled_from(FRAGMENTS), st.text(max_size=12)),
+                max_size=6).map("".join),
+       st.sampled_from([0.5, 0.8, 0.95]))
+def test_template_echo_prefilter_keeps_the_verdict(text, thr):
+    """The echo check's pre-filters (ASCII-alnum length bound, real_quick_ratio before difflib) never
+    change its verdict."""
+    from medrlvr.reward import RewardConfig, _echo_of
+
+    cfg = RewardConfig(template_echo_similarity=thr)
+    assert _echo_of(text, cfg) == _echo_reference(text, cfg)

@@ -642,12 +642,20 @@ def _echo_of(text: str, cfg: RewardConfig) -> bool:
     """
     import difflib
 
+    parts = _norm_parts(cfg.template_texts)
+    thr = cfg.template_echo_similarity
+    if parts and thr > 0:
+        # A lower bound of len(_norm_text(text)) at C speed: NFKC, casefold and the word-run join keep
+        # every ASCII letter and digit as one character. Past 2/thr - 1 times the longest fixed text
+        # neither a copy nor a near copy is possible (most think blocks), so nothing is normalised.
+        ascii_alnum = len(text.encode("ascii", "ignore").translate(None, _NOT_ASCII_ALNUM))
+        if ascii_alnum > (2.0 / thr - 1.0) * max(map(len, parts)):
+            return False
     t = _norm_text(text)
     if not t:
         return False
     n_words = len(t.split())
-    thr = cfg.template_echo_similarity
-    for p in _norm_parts(cfg.template_texts):
+    for p in parts:
         if t == p or (n_words >= cfg.template_echo_min_words and f" {t} " in f" {p} "):
             return True
         # difflib's real_quick_ratio (an upper bound of ratio from the lengths alone), computed before a
@@ -658,6 +666,9 @@ def _echo_of(text: str, cfg: RewardConfig) -> bool:
         if sm.quick_ratio() >= thr and sm.ratio() >= thr:
             return True
     return False
+
+
+_NOT_ASCII_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())
 
 
 @functools.lru_cache(maxsize=8)
