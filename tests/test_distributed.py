@@ -202,6 +202,13 @@ def test_nproc_refuses_an_unsplittable_batch(capsys):
     assert "prompts_per_step" in err and "3 processes" in err
 
 
+def test_nproc_below_one_is_refused(capsys, tmp_path):
+    from medrlvr.cli import main
+
+    assert main(["train", "--config", "tiny", "--nproc", "0", "--output", str(tmp_path / "r")]) == 2
+    assert "--nproc" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_config_refusals():
     cfg = build_config("tiny", ["dynamic_sampling=true"])
     cfg.world_size = 2

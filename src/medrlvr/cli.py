@@ -24,6 +24,8 @@ def cmd_train(a) -> int:
         cfg.data_root = a.data_root
     out = Path(a.output or f"runs/{Path(a.config).stem}")
     allow = tuple(k.strip() for x in a.allow_change for k in x.split(",") if k.strip())
+    if a.nproc < 1:
+        raise ValueError(f"--nproc: the number of processes must be >= 1, got {a.nproc}")
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun for this node, which runs this command
         from . import distributed
 

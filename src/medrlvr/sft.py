@@ -34,7 +34,8 @@ from .data import MCQ, load_any
 from .evaluate import encode, evaluate
 from .models import load_policy
 from .prompts import direct_target, render
-from .train import PromptStream, _atomic_write_dir
+from .fileio import atomic_write_dir
+from .train import PromptStream
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _save(model, tok, final: Path) -> None:
         model.save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
 
-    _atomic_write_dir(final, write)
+    atomic_write_dir(final, write)
 
 
 def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, model_fn=None) -> SFTResult:

@@ -160,9 +160,6 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-_atomic_write_dir = fileio.atomic_write_dir  # build NAME.tmp, fsync, rename; a failed save removes NAME.tmp
-
-
 def _engine_mismatch(lp: torch.Tensor, samples: list[Sample], mask: torch.Tensor) -> float | None:
     """Mean |training log-prob - rollout-engine log-prob| over response tokens (None without engine
     log-probs). A large value means the engine samples from another distribution than the one trained."""
@@ -648,7 +645,7 @@ class Trainer:
 
         ckdir = self.out / "checkpoints"
         resume_mod.clean_leftovers(ckdir)
-        _atomic_write_dir(final, write, label="ckpt")
+        fileio.atomic_write_dir(final, write, label="ckpt")
         fileio.atomic_write_text(ckdir / "latest", final.name, label="ckpt.latest")  # never empty, even if killed
         ckpts = resume_mod.complete_checkpoints(ckdir)
         for old in ckpts[:-self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints else []:
@@ -674,7 +671,7 @@ class Trainer:
             model.save_pretrained(d, safe_serialization=True, **({"state_dict": psd} if psd else {}))
             self.tok.save_pretrained(d)
 
-        _atomic_write_dir(final, write, label="final")
+        fileio.atomic_write_dir(final, write, label="final")
         return final
 
     def _resume(self) -> None:
