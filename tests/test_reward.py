@@ -609,6 +609,19 @@ def test_template_echo_scoring_by_scheme():
     assert verl_compute_score("x", " reasoning process here </think><answer>C</answer>", "C")["template_echo"]
 
 
+def test_shaped_format_step_sets_the_bad_format_band():
+    """``format_step_reward``: -1 + step per tag reached in order (at most 3), the valid rewards unchanged."""
+    cases = [("<think> no close at all", 0), ("<think> x </think> no answer", 1),
+             ("<think> x </think> <answer> C", 2), ("<think> x </think> <answer> C </answer>", None)]
+    for step in (0.25, 0.1, 0.0):
+        cfg = RewardConfig(format_step_reward=step, no_letter_reward=-0.5)
+        for text, tags in cases:
+            r = score(text, "C", 4, scheme="shaped", config=cfg)
+            assert r.reward == pytest.approx(1.0 if tags is None else -1.0 + step * tags), (step, text)
+        assert score("<think> x </think> <answer> none </answer>", "C", 4, scheme="shaped",
+                     config=cfg).reward == -0.5
+
+
 def test_template_texts_match_the_prompts():
     """reward.py keeps its own copy of the prompts' fixed texts (to stay importable alone): they must
     be the prompts' sentences."""

@@ -189,3 +189,33 @@ def test_trainer_logs_engine_logprob_mismatch(tmp_path, monkeypatch):
     rec = t.train_step()
     assert "logprob_mismatch" in rec, rec
     assert 0 <= rec["logprob_mismatch"] < 1e-3, rec["logprob_mismatch"]
+
+
+def test_group_shuffle_gives_each_sample_its_own_option_order(tmp_path):
+    """``group_shuffle``: the samples of one group are the same question with (generally) different
+    option orders, the gold letter follows its option text, and every group keeps samples_per_prompt
+    samples with one group id; advantages are still computed per question."""
+    cfg = _cfg(max_steps=1, group_shuffle=True, samples_per_prompt=4, prompts_per_step=2)
+    t = Trainer(cfg, tmp_path, quiet=True, reward_fn=shaped)
+    samples, _ = t._rollout()
+    assert len(samples) == 8
+    groups = {}
+    for s in samples:
+        groups.setdefault(s.group, []).append(s)
+        assert f"{s.rec.gold}. {s.rec.options[s.rec.gold]}" in s.prompt  # the prompt shows the sample's order
+    assert sorted(groups) == [0, 1] and all(len(g) == 4 for g in groups.values())
+    for g in groups.values():
+        assert len({s.rec.id for s in g}) == 1
+        assert len({s.rec.options[s.rec.gold] for s in g}) == 1  # the gold letter follows its option text
+        orders = {tuple(s.rec.options.values()) for s in g}
+        assert len(orders) > 1, "every sample of the group saw the same option order"
+        assert len({s.prompt for s in g}) == len(orders)
+    # the same seed gives the same orders (and samples); the default keeps one order per group
+    again, _ = Trainer(cfg, tmp_path / "again", quiet=True, reward_fn=shaped)._rollout()
+    assert [s.prompt for s in again] == [s.prompt for s in samples]
+    assert [s.completion for s in again] == [s.completion for s in samples]
+    plain, _ = Trainer(_cfg(max_steps=1, samples_per_prompt=4, prompts_per_step=2), tmp_path / "plain",
+                       quiet=True, reward_fn=shaped)._rollout()
+    assert all(len({s.prompt for s in plain if s.group == g}) == 1 for g in (0, 1))
+    hist = t.train()
+    assert torch.isfinite(torch.tensor(hist[0]["policy_loss"]))

@@ -51,6 +51,10 @@ class TrainConfig:
     """Evaluate on the first N eval questions (0 = all)."""
     shuffle_options: bool = True
     """Shuffle each training question's options with a per-epoch seed (against position-bias hacking)."""
+    group_shuffle: bool = False
+    """Every sample of a group sees the question with its own option order (seeded by run seed, step, question
+    and sample): a fixed letter can then no longer win a whole group, and a group's samples differ in which
+    letter is right. Costs the shared prompt: each sample is prefilled and trained as its own prompt."""
 
     # --- prompt and reward -----------------------------------------------------------------------
     template: str = "r1-zero"
@@ -62,6 +66,9 @@ class TrainConfig:
     """``shaped``: reward of a well-formed answer that names no option letter."""
     reward_echo: float = -1.0
     """``shaped``: reward of a template echo (think/answer copying the prompt's placeholder text), a bad format."""
+    reward_format_step: float = 0.25
+    """``shaped``: credit per format tag reached in order inside the bad-format band (-1 + step x tags, at most
+    3 tags). Keep ``reward_no_letter`` above ``-1 + 3 x step`` so every valid answer beats every invalid one."""
 
     # --- rollout ------------------------------------------------------------------------------
     engine: str = "hf"
@@ -212,6 +219,8 @@ class TrainConfig:
             bad("dist_timeout_s", "must be > 0")
         if self.on_alert not in ("warn", "stop"):
             bad("on_alert", f"must be warn or stop, got {self.on_alert!r}")
+        if not 0 <= self.reward_format_step <= 1 / 3:
+            bad("reward_format_step", f"must be in [0, 1/3] (3 steps keep the band below 0), got {self.reward_format_step}")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
         return self

@@ -230,6 +230,9 @@ class RewardConfig:
         echo_reward: ``"shaped"``: the reward of a ``template_echo`` response, scored as a bad
             format (default -1.0, the bottom of the band: copying the template earns no
             format credit).
+        format_step_reward: ``"shaped"``: the credit per format tag reached in order inside the
+            bad-format band (default 0.25: -1, -0.75, -0.5, -0.25). A smaller step leaves room
+            for a lower ``no_letter_reward`` while every valid answer still beats every invalid one.
     """
 
     reasoning_before_think_min_chars: int = 20
@@ -242,6 +245,7 @@ class RewardConfig:
     template_echo_min_words: int = 2
     no_letter_reward: float = -0.1
     echo_reward: float = -1.0
+    format_step_reward: float = 0.25
 
     def __post_init__(self) -> None:
         self.penalized_flags = tuple(self.penalized_flags)
@@ -786,7 +790,7 @@ def _scheme_shaped(
     **_: Any,
 ) -> tuple[float, bool]:
     """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
-    in order after ``<think>`` (so -1, -0.75, -0.5, -0.25). Every valid response still beats every invalid
+    in order after ``<think>`` (so -1, -0.75, -0.5, -0.25; ``config.format_step_reward`` sets the step). Every valid response still beats every invalid
     one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
     (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models
     that never produce the full format at the start (a gated -1 for every sample gives GRPO zero
@@ -799,7 +803,7 @@ def _scheme_shaped(
     base, ok = _scheme_paper(parsed=parsed, pred=pred, gold=gold)
     if ok:
         return (cfg.no_letter_reward if pred is None else base), True
-    return -1.0 + 0.25 * max(0, min(3, format_progress(parsed) - 1)), False
+    return -1.0 + cfg.format_step_reward * max(0, min(3, format_progress(parsed) - 1)), False
 
 
 # --------------------------------------------------------------------------- #

@@ -108,18 +108,20 @@ class Sample:
 
 
 def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainConfig, group_offset: int = 0,
-                      reward_fn=None) -> list[Sample]:
+                      reward_fn=None, group_size: int = 1) -> list[Sample]:
     """Score ``prefix + completion`` with the configured scheme, or with ``reward_fn(response, rec)``
-    (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given."""
+    (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given. ``group_size`` consecutive
+    prompts form one advantage group (``group_shuffle``: one prompt per sample of a question)."""
     prefix = response_prefix(cfg.template, cfg.prefill_think)
-    rcfg = RewardConfig(no_letter_reward=cfg.reward_no_letter, echo_reward=cfg.reward_echo)
+    rcfg = RewardConfig(no_letter_reward=cfg.reward_no_letter, echo_reward=cfg.reward_echo,
+                        format_step_reward=cfg.reward_format_step)
     out = []
     for gi, (rec, prompt, comps) in enumerate(zip(recs, prompts, groups)):
         for c in comps:
             resp = join_prefill(c.text, prefix)
             r = (reward_fn(resp, rec) if reward_fn is not None else
                  score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options, config=rcfg))
-            out.append(Sample(rec, prompt, group_offset + gi, c.prompt_ids, c.token_ids, c.text, resp,
+            out.append(Sample(rec, prompt, group_offset + gi // group_size, c.prompt_ids, c.token_ids, c.text, resp,
                               c.finish_reason, float(r.reward), r, c.logprobs))
     return out
 
@@ -305,11 +307,16 @@ class Trainer:
             recs = self.stream.take(need)[lo:hi]
             seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds)
                           for i in range(len(recs)))
+            n = cfg.samples_per_prompt
+            if cfg.group_shuffle:  # one prompt per sample, its own option order; regrouped by question below
+                recs = [shuffle_options(r, s * n + j) for r, s in zip(recs, seeds) for j in range(n)]
+                seeds, n = tuple((s * n + j) % 2 ** 62 for s in seeds for j in range(n)), 1
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                     stop=tuple(cfg.stop), prompt_seeds=seeds)
             prompts = [render(r, cfg.template, self.tok, cfg.prefill_think) for r in recs]
-            groups = self._generate(prompts, cfg.samples_per_prompt, params)
-            new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups + lo, reward_fn=self.reward_fn)
+            groups = self._generate(prompts, n, params)
+            new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups + lo, reward_fn=self.reward_fn,
+                                    group_size=cfg.samples_per_prompt // n)
             n_groups += need
             if cfg.dynamic_sampling and rounds < cfg.max_refill_rounds:
                 keep = {s.group for s in new} - {g for g in {s.group for s in new}
