@@ -191,11 +191,12 @@ def test_trainer_logs_engine_logprob_mismatch(tmp_path, monkeypatch):
     assert 0 <= rec["logprob_mismatch"] < 1e-3, rec["logprob_mismatch"]
 
 
-def test_group_shuffle_gives_each_sample_its_own_option_order(tmp_path):
-    """``group_shuffle``: the samples of one group are the same question with (generally) different
-    option orders, the gold letter follows its option text, and every group keeps samples_per_prompt
-    samples with one group id; advantages are still computed per question."""
-    cfg = _cfg(max_steps=1, group_shuffle=True, samples_per_prompt=4, prompts_per_step=2)
+@pytest.mark.parametrize("orders", [4, 2])
+def test_group_orders_give_samples_of_a_group_their_own_option_orders(tmp_path, orders):
+    """``group_orders``: the samples of one group are the same question shown in ``orders`` option orders
+    (samples_per_prompt / orders samples each), the gold letter follows its option text, and every group keeps
+    samples_per_prompt samples under one group id, so advantages are still computed per question."""
+    cfg = _cfg(max_steps=1, group_orders=orders, samples_per_prompt=4, prompts_per_step=2)
     t = Trainer(cfg, tmp_path, quiet=True, reward_fn=shaped)
     samples, _ = t._rollout()
     assert len(samples) == 8
@@ -207,10 +208,12 @@ def test_group_shuffle_gives_each_sample_its_own_option_order(tmp_path):
     for g in groups.values():
         assert len({s.rec.id for s in g}) == 1
         assert len({s.rec.options[s.rec.gold] for s in g}) == 1  # the gold letter follows its option text
-        orders = {tuple(s.rec.options.values()) for s in g}
-        assert len(orders) > 1, "every sample of the group saw the same option order"
-        assert len({s.prompt for s in g}) == len(orders)
-    # the same seed gives the same orders (and samples); the default keeps one order per group
+        orders_seen = {tuple(s.rec.options.values()) for s in g}
+        assert 1 < len(orders_seen) <= orders, "the group's samples saw one option order"
+        assert len({s.prompt for s in g}) == len(orders_seen)
+        for p in {s.prompt for s in g}:
+            assert sum(s.prompt == p for s in g) % (4 // orders) == 0
+    # the same seed gives the same orders and samples; the default keeps one order per group
     again, _ = Trainer(cfg, tmp_path / "again", quiet=True, reward_fn=shaped)._rollout()
     assert [s.prompt for s in again] == [s.prompt for s in samples]
     assert [s.completion for s in again] == [s.completion for s in samples]
@@ -219,3 +222,10 @@ def test_group_shuffle_gives_each_sample_its_own_option_order(tmp_path):
     assert all(len({s.prompt for s in plain if s.group == g}) == 1 for g in (0, 1))
     hist = t.train()
     assert torch.isfinite(torch.tensor(hist[0]["policy_loss"]))
+
+
+def test_group_orders_must_divide_the_group():
+    with pytest.raises(ValueError, match="'group_orders'"):
+        build_config("tiny", {"samples_per_prompt": 4, "group_orders": 3})
+    with pytest.raises(ValueError, match="'reward_format_step'"):
+        build_config("tiny", {"reward_format_step": 0.5})

@@ -51,10 +51,11 @@ class TrainConfig:
     """Evaluate on the first N eval questions (0 = all)."""
     shuffle_options: bool = True
     """Shuffle each training question's options with a per-epoch seed (against position-bias hacking)."""
-    group_shuffle: bool = False
-    """Every sample of a group sees the question with its own option order (seeded by run seed, step, question
-    and sample): a fixed letter can then no longer win a whole group, and a group's samples differ in which
-    letter is right. Costs the shared prompt: each sample is prefilled and trained as its own prompt."""
+    group_orders: int = 1
+    """Distinct option orders within one GRPO group (1: every sample sees the same order; ``samples_per_prompt``:
+    each sample its own). Each order, seeded by (run seed, step, question, order), is shown to
+    ``samples_per_prompt / group_orders`` samples: a fixed letter, or copying the first option's text, can then
+    no longer win a whole group. Costs shared-prompt work: each order is prefilled and trained as its own prompt."""
 
     # --- prompt and reward -----------------------------------------------------------------------
     template: str = "r1-zero"
@@ -219,6 +220,9 @@ class TrainConfig:
             bad("dist_timeout_s", "must be > 0")
         if self.on_alert not in ("warn", "stop"):
             bad("on_alert", f"must be warn or stop, got {self.on_alert!r}")
+        if self.group_orders < 1 or self.samples_per_prompt % self.group_orders:
+            bad("group_orders", f"must be >= 1 and divide samples_per_prompt={self.samples_per_prompt}, "
+                f"got {self.group_orders}")
         if not 0 <= self.reward_format_step <= 1 / 3:
             bad("reward_format_step", f"must be in [0, 1/3] (3 steps keep the band below 0), got {self.reward_format_step}")
         if self.template not in ("r1-zero", "chat", "direct"):

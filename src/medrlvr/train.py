@@ -111,7 +111,7 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
                       reward_fn=None, group_size: int = 1) -> list[Sample]:
     """Score ``prefix + completion`` with the configured scheme, or with ``reward_fn(response, rec)``
     (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given. ``group_size`` consecutive
-    prompts form one advantage group (``group_shuffle``: one prompt per sample of a question)."""
+    prompts form one advantage group (``group_orders``: one prompt per option order of a question)."""
     prefix = response_prefix(cfg.template, cfg.prefill_think)
     rcfg = RewardConfig(no_letter_reward=cfg.reward_no_letter, echo_reward=cfg.reward_echo,
                         format_step_reward=cfg.reward_format_step)
@@ -307,16 +307,16 @@ class Trainer:
             recs = self.stream.take(need)[lo:hi]
             seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds)
                           for i in range(len(recs)))
-            n = cfg.samples_per_prompt
-            if cfg.group_shuffle:  # one prompt per sample, its own option order; regrouped by question below
-                recs = [shuffle_options(r, s * n + j) for r, s in zip(recs, seeds) for j in range(n)]
-                seeds, n = tuple((s * n + j) % 2 ** 62 for s in seeds for j in range(n)), 1
+            k, n = cfg.group_orders, cfg.samples_per_prompt
+            if k > 1:  # k prompts per question, each its own option order; regrouped by question below
+                recs = [shuffle_options(r, s * k + j) for r, s in zip(recs, seeds) for j in range(k)]
+                seeds, n = tuple((s * k + j) % 2 ** 62 for s in seeds for j in range(k)), n // k
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                     stop=tuple(cfg.stop), prompt_seeds=seeds)
             prompts = [render(r, cfg.template, self.tok, cfg.prefill_think) for r in recs]
             groups = self._generate(prompts, n, params)
             new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups + lo, reward_fn=self.reward_fn,
-                                    group_size=cfg.samples_per_prompt // n)
+                                    group_size=k)
             n_groups += need
             if cfg.dynamic_sampling and rounds < cfg.max_refill_rounds:
                 keep = {s.group for s in new} - {g for g in {s.group for s in new}

@@ -147,13 +147,13 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "reward_no_letter": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_echo": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_format_step": ("(none)", "the reward file uses the scheme's default: only the default passes"),
-    "group_shuffle": ("(none)", "verl samples a group from one prompt: only the default passes"),
+    "group_orders": ("(none)", "verl samples a group from one prompt: only the default passes"),
 }
 
 # fields that pass only at their default value (no verl equivalent for any other value)
 DEFAULT_ONLY = ("vf_coef", "grpo_eps", "eval_max_new_tokens", "sample_every", "rank", "world_size", "parallel",
                 "on_alert", "reward_no_letter", "reward_echo", "reward_format_step",
-                "group_shuffle")
+                "group_orders")
 
 
 def mapping_table() -> str:
