@@ -9,7 +9,7 @@ a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CP
 
 Usage::
 
-    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [KEY=VALUE ...]
+    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N] [KEY=VALUE ...]
 
 ``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
 bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
@@ -38,8 +38,10 @@ CRITERIA = (
 
 
 
-def run_one(path: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0) -> dict:
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if path == "bf16":
         env["MEDRLVR_BF16"] = "1"
     elif path == "fp32":
@@ -53,11 +55,21 @@ def run_one(path: str, seed: int, out: Path, extra: list[str]) -> dict:
     with open(out / f"{path}-seed{seed}.log", "w") as log:
         rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
-    row = {"path": path, "seed": seed, "rc": rc, "wall_s": round(wall, 1), "dir": str(d)}
+    row = {"path": path, "seed": seed, "rc": rc, "wall_s": round(wall, 1), "dir": str(d), "threads": threads or None}
     if rc == 0 and (d / "summary.json").is_file():
         s = json.loads((d / "summary.json").read_text())
         row |= {"summary": s}
     return row
+
+
+def read_done(res: Path) -> dict:
+    done = {}
+    if res.is_file():
+        for line in res.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["path"], r["seed"])] = r
+    return done
 
 
 def table(rows: list[dict]) -> str:
@@ -78,7 +90,7 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['path']} | {r['seed']} | {a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                    f"{a['random_baseline']:.3f} | {a['format_valid']:.3f} | {a['answered']:.2f} | "
                    f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {alerts} | "
-                   f"{'yes' if ok else 'no'} | {r['wall_s']:.0f} |")
+                   f"{'yes' if ok else 'no'} | {r['wall_s']:.0f}{' (' + str(r['threads']) + ' thread)' if r.get('threads') else ''} |")
     return "\n".join(out)
 
 
@@ -87,16 +99,15 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--paths", default="auto,fp32", help="comma-separated: auto, bf16, fp32")
     ap.add_argument("--out", default="runs/robustness")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP_NUM_THREADS of each run (0: torch's default). Two scripts with --threads 1 and "
+                         "disjoint --seeds can share one --out on 2 cores (their wall times then say so)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res = out / "results.jsonl"
-    done = {}
-    if res.is_file():
-        for line in res.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["path"], r["seed"])] = r
+    done = read_done(res)
     import torch
 
     from medrlvr.hardware import cpu_model, fast_bf16
@@ -108,9 +119,10 @@ def main() -> int:
     for seed in [int(x) for x in a.seeds.split(",")]:  # seed-major: both paths of seed 0 come first
         for path in a.paths.split(","):
             key = (path, seed)
+            done.update(read_done(res))  # another script may share this --out
             if key not in done:
                 print(f"[robustness] {path} seed {seed} ...", flush=True)
-                done[key] = run_one(path, seed, out, a.overrides)
+                done[key] = run_one(path, seed, out, a.overrides, a.threads)
                 with open(res, "a") as f:
                     f.write(json.dumps(done[key]) + "\n")
                 print(table([done[key]]).splitlines()[-1], flush=True)
