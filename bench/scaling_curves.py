@@ -266,16 +266,19 @@ def write_markdown(path: Path, meta: dict, points: list[dict]) -> None:
              f"- base point: {meta['base']}; each axis varies one of them",
              f"- dtypes: {meta['dtypes']}",
              f"- {meta['memory_note']}",
-             f"- {meta['limit_note']}", "",
+             f"- {meta['limit_note']}",
+             "- threads: torch threads of the timed call (the fast engine in bf16 picks all or 1 by measured speed)",
+             "",
              "| axis | value | engine | dtype | model | rows | new tokens | tokens | seconds | tokens/s | "
-             "peak RSS MB | fraction_of_limit | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB | fraction_of_limit | threads | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         lines.append("| " + " | ".join([
             p["axis"], str(p["value"]), ENGINE_LABEL[p["engine"]], p.get("engine_dtype") or p["dtype"], p["model"],
             str(p["rows"]), str(p["length"]), _fmt(p.get("tokens"), "d"), _fmt(p.get("seconds"), ".2f"),
             _fmt(p.get("tokens_per_s"), ".1f"), _fmt(p.get("peak_rss_mb"), ".0f"),
-            _fmt(p.get("fraction_of_limit"), ".3f"), p.get("skip") or p.get("note") or ""]) + " |")
+            _fmt(p.get("fraction_of_limit"), ".3f"), _fmt(p.get("threads"), "d"),
+            p.get("skip") or p.get("note") or ""]) + " |")
     if meta.get("finished"):
         lines += ["", f"Finished {meta['finished']} ({meta['wall_min']:.1f} min in all)."]
     path.write_text("\n".join(lines) + "\n")

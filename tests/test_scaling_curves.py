@@ -31,7 +31,7 @@ def _point(axis, value, engine, rows=32, length=128, model="135m", tps=None, ski
     else:
         tok = rows * length
         p.update(tokens=tok, seconds=tok / tps, tokens_per_s=tps, peak_rss_mb=1000.0 + rows, fraction_of_limit=0.25,
-                 engine_dtype=p["dtype"])
+                 engine_dtype=p["dtype"], threads=1 if engine == "fast" else 2)
     return p
 
 
@@ -57,14 +57,15 @@ def test_table_json_and_png_hold_every_point(sc, tmp_path):
     rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| axis")]
     assert len(rows) == len(pts)
     assert f"`{META['command']}`" in md and "Test CPU" in md
+    assert "\n\n| axis | value | engine |" in md         # a blank line before the table, or it is not one
     skipped = [ln for ln in rows if "skipped:" in ln or "failed:" in ln]
     assert len(skipped) == 2
     assert any(ln.startswith("| rows | 128 | generate |") and "> --hf-max-tokens 8192" in ln for ln in skipped)
     assert any(ln.startswith("| model | 1.7b | generate |") and "failed: exit 1: MemoryError" in ln for ln in skipped)
-    # a measured row carries its figures: tokens/s, peak RSS, fraction_of_limit; a skipped one has none
-    assert any(ln.startswith("| rows | 32 | fast | bf16 | 135m | 32 | 128 | 4096 |") and "| 282.8 | 1032 | 0.250 |" in ln
+    # a measured row carries its figures: tokens/s, peak RSS, fraction_of_limit, threads; a skipped one has none
+    assert any(ln.startswith("| rows | 32 | fast | bf16 | 135m | 32 | 128 | 4096 |") and "| 282.8 | 1032 | 0.250 | 1 |" in ln
                for ln in rows)
-    assert all([c.strip() for c in ln.strip("|").split("|")][7:12] == ["-"] * 5 for ln in skipped)
+    assert all([c.strip() for c in ln.strip("|").split("|")][7:13] == ["-"] * 6 for ln in skipped)
     data = json.loads((tmp_path / "scaling_curves.json").read_text())
     assert data["meta"]["command"] == META["command"] and data["points"] == pts
     png = (tmp_path / "scaling_curves.png").read_bytes()
