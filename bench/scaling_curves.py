@@ -268,6 +268,7 @@ def write_markdown(path: Path, meta: dict, points: list[dict]) -> None:
              f"- {meta['memory_note']}",
              f"- {meta['limit_note']}",
              "- threads: torch threads of the timed call (the fast engine in bf16 picks all or 1 by measured speed)",
+             *([f"- {meta['resumed']}"] if meta.get("resumed") else []),
              "",
              "| axis | value | engine | dtype | model | rows | new tokens | tokens | seconds | tokens/s | "
              "peak RSS MB | fraction_of_limit | threads | note |",
@@ -441,6 +442,7 @@ def main(argv=None) -> None:
             if not p.get("skip"):
                 done[key(p)] = p
         print(f"resume: {len(done)} measured points re-used from {out / 'scaling_curves.json'}", flush=True)
+        meta["resumed"] = f"{len(done)} measured settings re-used from the earlier run's JSON (--resume)"
     t_start = time.time()
     points: list[dict] = []
     for p in plan(a):
