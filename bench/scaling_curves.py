@@ -440,7 +440,7 @@ def main(argv=None) -> None:
     if a.resume and (out / "scaling_curves.json").is_file():
         for p in json.loads((out / "scaling_curves.json").read_text())["points"]:
             if not p.get("skip"):
-                done[key(p)] = p
+                done.setdefault(key(p), p)      # the first axis that ran it
         print(f"resume: {len(done)} measured points re-used from {out / 'scaling_curves.json'}", flush=True)
         meta["resumed"] = f"{len(done)} measured settings re-used from the earlier run's JSON (--resume)"
     t_start = time.time()
