@@ -27,7 +27,6 @@ rows) and print tokens/s and fraction_of_limit for each.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -36,25 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch
+from benchlib import default_data_root, fixed_params, medqa_prompts, peak_rss_mb, run
 
 import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
 from medrlvr import roofline
-from medrlvr.data import load_benchmark
 from medrlvr.models import load_policy
 from medrlvr.prompts import render
 from medrlvr.rollout import SamplingParams, make_engine
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run(engine, prompts, n, params) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    groups = engine.generate(prompts, n, params)
-    dt = time.perf_counter() - t0
-    ntok = sum(len(c.token_ids) for g in groups for c in g)
-    return dt, ntok
 
 
 def greedy_check(model, tok, args) -> None:
@@ -84,7 +71,7 @@ def main() -> None:
                     help="time hf on fewer new tokens (quicker; its rate is then optimistic); 0 = same")
     ap.add_argument("--greedy-check", type=int, default=20, help="prompts for the greedy fp32 check (0 = skip)")
     ap.add_argument("--greedy-tokens", type=int, default=32)
-    ap.add_argument("--data-root", default=str(ROOT / ".." / "shared" / "data"))
+    ap.add_argument("--data-root", default=default_data_root())
     ap.add_argument("--rows", default="", help="comma-separated row counts: time the fast engine at each")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting in --rows")
     args = ap.parse_args()
@@ -96,16 +83,13 @@ def main() -> None:
     shape = roofline.ModelShape.from_config(model.config)
     rows_list = [int(x) for x in args.rows.split(",") if x.strip()]
     n_prompts = max([args.prompts] + [-(-r // args.n) for r in rows_list])
-    recs = load_benchmark("medqa-4opt:test", data_root=args.data_root).records[:n_prompts]
-    all_prompts = [render(r, "r1-zero") for r in recs]
-    all_plens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in all_prompts]
+    all_prompts, all_plens = medqa_prompts(tok, n_prompts, args.data_root)
     prompts, plens = all_prompts[:args.prompts], all_plens[:args.prompts]
     print(roofline.cpu_summary(), flush=True)
     print(f"model smollm2-135m (fp32 policy), {len(prompts)} prompts x {args.n} samples, prompt tokens "
           f"min/mean/max {min(plens)}/{sum(plens) / len(plens):.0f}/{max(plens)}, {args.max_new_tokens} new tokens, "
           f"torch threads {torch.get_num_threads()}", flush=True)
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0, stop=(), ignore_eos=True, seed=0)
-    warm = SamplingParams(max_new_tokens=4, temperature=1.0, stop=(), ignore_eos=True, seed=0)
+    params, warm = fixed_params(args.max_new_tokens), fixed_params(4)
 
     fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size)
     edt = "bf16" if fast.dtype == torch.bfloat16 else "fp32"
@@ -156,7 +140,7 @@ def main() -> None:
     run(hf, prompts[:1], args.n, warm)
     hp = params
     if args.hf_max_new_tokens:
-        hp = SamplingParams(max_new_tokens=args.hf_max_new_tokens, temperature=1.0, stop=(), ignore_eos=True, seed=0)
+        hp = fixed_params(args.hf_max_new_tokens)
     dt, ntok = run(hf, prompts, args.n, hp)
     hf_tps = ntok / dt
     note = f" (on {hp.max_new_tokens} new tokens)" if args.hf_max_new_tokens else ""
