@@ -20,6 +20,7 @@ def test_demo_plumbing_tiny(tmp_path):
     assert isinstance(s["alerts"], list)
     md = (out / "summary.md").read_text()
     assert "| before |" in md and "| after |" in md and "random baseline" in md and "Monitors" in md
+    assert "Held-out letters (greedy)" in md
     for tag in ("eval_before", "eval_after"):
         r = json.loads((out / tag / "results.json").read_text())
         bench = [k for k in r if not k.startswith("_")][0]
@@ -29,3 +30,12 @@ def test_demo_plumbing_tiny(tmp_path):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2]      # step 0: the evaluation before training
     assert lines[0]["eval_accuracy"] == s["before"]["accuracy"] and lines[0]["eval_n"] == 4
+
+
+def test_letter_verdict_names_a_collapse():
+    from medrlvr.demo import letter_verdict
+
+    assert "**C in 97%" in letter_verdict({"letters": {"C": 31, "D": 1}, "top_letter_share": 31 / 32})
+    ok = letter_verdict({"letters": {"B": 15, "D": 4, "E": 13}, "top_letter_share": 15 / 32})
+    assert "**" not in ok and "B, in 47%" in ok
+    assert "no answer" in letter_verdict({"letters": {}, "top_letter_share": 0.0})
