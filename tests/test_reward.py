@@ -523,6 +523,12 @@ def test_verl_scheme_and_options():
     s = "<think>Aspirin is the classic drug for this one.</think><answer>aspirin</answer>"
     out = verl_compute_score("d", s, "C", {"options": OPTS4, "scheme": "composite"})
     assert out["pred"] == "C" and out["answer_in_think"] is True and out["score"] == 0.5
+    # options as JSON text, as `medrlvr data export --format verl` writes extra_info
+    import json
+
+    as_json = verl_compute_score("d", s, "C", {"options": json.dumps(OPTS4), "scheme": "composite"})
+    assert as_json == out
+    assert verl_compute_score("d", s, "C", {"options": "{not json", "scheme": "composite"})["pred"] == ""
 
 
 # --------------------------------------------------------------------------- module hygiene

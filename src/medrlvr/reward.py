@@ -66,6 +66,7 @@ Example
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import re
 import unicodedata
@@ -442,9 +443,15 @@ def _norm_text(s: str) -> str:
 
 
 def _normalize_options(options: Any) -> dict[str, str]:
-    """Accept ``{"A": text, ...}`` (any key case) or a sequence of texts; drop unusable entries."""
+    """Accept ``{"A": text, ...}`` (any key case), a sequence of texts, or either as JSON text (how
+    ``medrlvr data export --format verl`` stores them in ``extra_info``); drop unusable entries."""
     if options is None:
         return {}
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            return {}
     items: list[tuple[Any, Any]]
     if isinstance(options, Mapping):
         items = list(options.items())
