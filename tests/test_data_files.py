@@ -249,6 +249,8 @@ def test_eval_and_show_skip_invalid_report_like_validate(tmp_path, capsys):
     assert main(args + ["--skip-invalid"]) == 0
     c = capsys.readouterr()
     assert json.loads(c.out)["mixed"]["n"] == 2 and invalid[0] in c.err.splitlines()
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())["mixed"]
+    assert saved["n"] == 2 and saved["skipped_invalid"] == 1  # results.json counts what was left out
 
 
 def test_duplicate_option_texts_warn_as_in_medmcqa(tmp_path):

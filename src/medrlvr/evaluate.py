@@ -429,10 +429,12 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
 
 
 # ------------------------------------------------------------------------------------------ main API
-def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = False) -> dict[str, list[MCQ]]:
+def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = False,
+                        skipped: dict[str, int] | None = None) -> dict[str, list[MCQ]]:
     """Load each benchmark / file with its own column map (``columns``: one map, or ``FILE=map;...``, see
     :func:`medrlvr.data.loaders.columns_for_sources`); with ``skip_invalid`` the skipped records are reported
-    on stderr as ``data validate`` lists them, and a source left empty is refused."""
+    on stderr as ``data validate`` lists them (and counted per benchmark into ``skipped``, when given), and a
+    source left empty is refused."""
     if isinstance(benchmarks, str):
         benchmarks = [b for b in benchmarks.split(",") if b.strip()]
     out: dict[str, list[MCQ]] = {}
@@ -451,6 +453,8 @@ def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = Fal
         if key in out:
             raise ValueError(f"benchmark {key!r} given twice")
         out[key] = list(s.records)
+        if skipped is not None:
+            skipped[key] = len(s.skipped)
     return out
 
 
@@ -475,13 +479,15 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
              n_shuffles: int = 0, engine: Any = "hf", bootstrap: int = 1000, columns: str | None = None,
              skip_invalid: bool = False, prefill_think: bool = True, scheme: str = "paper",
              max_batch_tokens: int | None = None, model_name: str | None = None, resume: bool = True,
-             progress: bool = True, scoring_dtype: str = "auto") -> dict[str, Any]:
+             progress: bool = True, scoring_dtype: str = "auto",
+             skipped_invalid: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmarks`` and return ``{bench: metrics, ..., "_meta": {...}}``.
 
     ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``: one map,
     or one per file, ``"a.csv=question=q;b.jsonl=options=choices"``; ``skip_invalid`` evaluates the valid
-    records and reports the others on stderr), a comma-separated string of them, or a dict
-    ``name -> MCQSet | list[MCQ]``. ``limit`` keeps the first N questions of each. ``temperature``
+    records, reports the others on stderr and counts them as ``skipped_invalid`` in the benchmark's
+    results), a comma-separated string of them, or a dict ``name -> MCQSet | list[MCQ]`` (then
+    ``skipped_invalid``, ``name -> count``, carries what the caller's loading skipped). ``limit`` keeps the first N questions of each. ``temperature``
     defaults to 0 (greedy) for one sample and 1.0 for more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
     original order). ``engine`` is a name in :data:`medrlvr.rollout.ENGINES` ("hf", "fast" when
     installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
@@ -512,7 +518,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
         template = "direct"
     model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or
                                    type(model).__name__)
-    sets = _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid)
+    n_skipped: dict[str, int] = dict(skipped_invalid or {})  # records loaded by the caller: their skipped counts
+    sets = _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid, n_skipped)
     if limit is not None:
         sets = {k: v[:limit] for k, v in sets.items()}
 
@@ -639,6 +646,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                              "tokens_per_s": round(n_tok / dt, 2) if n_tok and dt > 0 else None}
             m = benchmark_metrics(records, rows, mode, n_shuffles, bootstrap, seed)
             m["distribution"] = distribution_of(bench)
+            if bench in n_skipped:
+                m["skipped_invalid"] = n_skipped[bench]  # records of the file left out (--skip-invalid)
             results[bench] = m
     finally:
         if was_training and hasattr(model, "train"):
@@ -756,8 +765,9 @@ def cmd_eval(a) -> int:
     import io
 
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
+        n_skipped: dict[str, int] = {}
         sets = _resolve_benchmarks([b for b in a.benchmarks.split(",") if b.strip()], a.data_root, a.columns,
-                                   a.skip_invalid)
+                                   a.skip_invalid, n_skipped)
     model_path = resolve_model_dir(a.model)
     model, tok = load_policy(model_path, a.dtype, seed=a.seed)
     if torch.cuda.is_available():
@@ -767,7 +777,8 @@ def cmd_eval(a) -> int:
                    n_samples=a.n_samples, limit=a.limit, output_dir=out, data_root=a.data_root, template=a.template,
                    batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
                    n_shuffles=a.shuffles, engine=a.engine, bootstrap=a.bootstrap, prefill_think=not a.no_prefill,
-                   model_name=a.model, resume=not a.overwrite, progress=not a.quiet, scoring_dtype=a.scoring_dtype)
+                   model_name=a.model, resume=not a.overwrite, progress=not a.quiet, scoring_dtype=a.scoring_dtype,
+                   skipped_invalid=n_skipped)
     if rank:
         return 0
     if a.json:
