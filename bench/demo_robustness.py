@@ -104,6 +104,8 @@ def main() -> int:
                          "disjoint --seeds can share one --out on 2 cores (their wall times then say so)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
     a = ap.parse_args()
+    if a.threads < 0:
+        ap.error(f"--threads must be >= 0, got {a.threads}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res = out / "results.jsonl"

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch
-from benchlib import default_data_root, fixed_params, medqa_prompts, peak_rss_mb, run
+from benchlib import default_data_root, engine_dtype, fixed_params, medqa_prompts, peak_rss_mb, run
 
 import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
 from medrlvr import roofline
@@ -92,7 +92,7 @@ def main() -> None:
     params, warm = fixed_params(args.max_new_tokens), fixed_params(4)
 
     fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size)
-    edt = "bf16" if fast.dtype == torch.bfloat16 else "fp32"
+    edt = engine_dtype(fast)
     decode_rows = sorted({min(args.batch_size, len(prompts) * args.n)} | set(rows_list))
     t0 = time.perf_counter()
     mach = roofline.measure(shape, decode_rows + [round(sum(all_plens) / len(all_plens))], edt)

@@ -797,8 +797,8 @@ def _scheme_shaped(
     **_: Any,
 ) -> tuple[float, bool]:
     """``paper`` reward, with partial credit inside the bad-format band: -1 + 0.25 per format tag reached
-    in order after ``<think>`` (so -1, -0.75, -0.5, -0.25; ``config.format_step_reward`` sets the step). Every valid response still beats every invalid
-    one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
+    in order after ``<think>`` (so -1, -0.75, -0.5, -0.25; ``config.format_step_reward`` sets the step).
+    Every valid response still beats every invalid one; valid rewards are the paper's (0 / +1), except an answer with no option letter in it
     (:data:`SHAPED_NO_LETTER`, -0.1): under the paper's reward it ties with a wrong letter. For models
     that never produce the full format at the start (a gated -1 for every sample gives GRPO zero
     advantage, nothing to learn); the format reward of many R1-Zero reproductions (e.g. TinyZero's
