@@ -156,17 +156,27 @@ def _round_up(x: int, m: int) -> int:
 
 class _Cache:
     """KV cache of one generate call. Prompt part per slot, generated part per row (slot x n):
-    kp (L, S, Hk, hd, P) (keys transposed), vp (L, S, Hk, P, hd), kg (L, S, Hk, n, hd, M),
-    vg (L, S, Hk, n, M, hd)."""
+    kp (L, S, Hk, hd, P) (keys transposed), vp (L, S, Hk, P, hd), kg and vg (L, S, Hk, n, M, hd)
+    (one contiguous ``hd`` row per generated token, so a decode step writes its keys and values with
+    one ``index_copy_`` each; see :meth:`gen_rows`)."""
 
     def __init__(self, L, S, n, Hk, hd, P, M, dtype, device):
-        self.P, self.M = P, M
+        self.P, self.M, self.n, self.Hk, self.hd = P, M, n, Hk, hd
 
         def z(*shape):
             return torch.zeros(shape, dtype=dtype, device=device)
 
         self.kp, self.vp = z(L, S, Hk, hd, P), z(L, S, Hk, P, hd)
-        self.kg, self.vg = z(L, S, Hk, n, hd, M), z(L, S, Hk, n, M, hd)
+        self.kg, self.vg = z(L, S, Hk, n, M, hd), z(L, S, Hk, n, M, hd)
+
+    def gen_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Row indices into a layer's generated cache viewed as ``(S * Hk * n * M, hd)`` for the token at
+        position ``t[r]`` of each row ``r = slot * n + j``, ordered (row, kv head) like ``k.view(B * Hk, hd)``."""
+        n, Hk, M = self.n, self.Hk, self.M
+        r = torch.arange(t.shape[0], device=t.device)
+        s, j = r // n, r % n
+        h = torch.arange(Hk, device=t.device)
+        return (((s[:, None] * Hk + h[None, :]) * n + j[:, None]) * M + t[:, None]).reshape(-1)
 
     def write_prompt(self, li: int, s: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (Hk, P, hd) of the prompt in slot s, layer li."""
@@ -182,6 +192,37 @@ def auto_dtype(model) -> str:
     from .hardware import fast_bf16
 
     return "bf16" if fast_bf16(next(model.parameters()).device) else "fp32"
+
+
+_CDF_BLOCK = 256
+_PREFILL_TOKENS = 4096
+"""Most prompt tokens packed into one prefill forward (bounds its activations: ~50 MB at SmolLM2-135M)."""
+
+
+def _below(x: torch.Tensor) -> torch.Tensor:
+    """The largest float below ``x`` (for ``x > 0``): an upper bound that stays strictly under ``x``."""
+    return torch.nextafter(x, torch.zeros_like(x))
+
+
+def _inverse_cdf(pf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ``i`` per row with ``cdf[i-1] <= u * total < cdf[i]`` (``pf``: (R, V) probabilities, zeros
+    allowed; ``u``: (R, 1) uniforms in [0, 1)). Two levels instead of one cumsum over the vocabulary (a
+    serial scan, the slowest part of sampling): block sums of 256 entries, a cumsum over the blocks,
+    then a cumsum inside each row's chosen block. A token of probability 0 is never returned."""
+    R, V = pf.shape
+    nb = -(-V // _CDF_BLOCK)
+    if nb * _CDF_BLOCK != V:
+        pf = F.pad(pf, (0, nb * _CDF_BLOCK - V))
+    blocks = pf.view(R, nb, _CDF_BLOCK)
+    bs = blocks.sum(-1)                                         # (R, nb)
+    bc = bs.cumsum(-1)
+    x = torch.minimum(u * bc[:, -1:], _below(bc[:, -1:]))       # < total: lands in a block of positive mass
+    b = torch.searchsorted(bc, x, right=True).clamp_(max=nb - 1)
+    rem = x - (bc.gather(1, b) - bs.gather(1, b))               # position inside block b
+    wc = blocks[torch.arange(R, device=pf.device), b[:, 0]].cumsum(-1)   # (R, block)
+    rem = torch.minimum(rem.clamp(min=0), _below(wc[:, -1:]))
+    j = torch.searchsorted(wc, rem, right=True).clamp_(max=_CDF_BLOCK - 1)
+    return (b * _CDF_BLOCK + j)[:, 0]
 
 
 # -------------------------------------------------------------------------------------------- engine
@@ -322,6 +363,8 @@ class FastEngine:
 
     # -------------------------------------------------------------------------------------- forward
     def _rms(self, x, w):
+        if x.dtype == torch.float32:   # one fused op; bitwise equal to the transformers arithmetic in fp32
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * xf.to(x.dtype)
@@ -365,30 +408,43 @@ class FastEngine:
         stats[nt] = 0.7 * old + 0.3 * seconds_per_unit if current_best else seconds_per_unit
 
     @torch.no_grad()
-    def _prefill_torch(self, ids: list[int], slot: int, cache: _Cache) -> torch.Tensor:
-        """Run the prompt once and store its K/V in ``slot``; return the last position's logits (1, V)."""
+    def _prefill_torch(self, prompts: list[list[int]], slots: list[int], cache: _Cache) -> torch.Tensor:
+        """Run the prompts once, packed into one sequence of rows (the linear layers see all their tokens
+        together; attention stays within each prompt), and store each prompt's K/V in its slot. Returns
+        the last position's logits of each prompt, (len(prompts), V)."""
         W = self._w
-        P, H, Hk, hd, I = len(ids), self.H, self.Hk, self.hd, self.I
-        cos, sin = self._rope(P)
-        cos, sin = cos[:P][None], sin[:P][None]
-        x = W["embed"][torch.tensor(ids, device=W["embed"].device)]
+        H, Hk, hd, I = self.H, self.Hk, self.hd, self.I
+        lens = [len(ids) for ids in prompts]
+        N = sum(lens)
+        dev = W["embed"].device
+        cos_t, sin_t = self._rope(max(lens))
+        pos = torch.cat([torch.arange(P, device=dev) for P in lens])
+        cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
+        offs = [0]
+        for P in lens:
+            offs.append(offs[-1] + P)
+        x = W["embed"][torch.tensor([t for ids in prompts for t in ids], device=dev)]
         layers = W["layers"]
         h = self._rms(x, layers[0]["ln1"])
         for li, Lw in enumerate(layers):
             qkv = Lw["qkv"](h)
-            q = qkv[:, :H * hd].view(P, H, hd).transpose(0, 1)
-            k = qkv[:, H * hd:(H + Hk) * hd].view(P, Hk, hd).transpose(0, 1)
-            v = qkv[:, (H + Hk) * hd:].view(P, Hk, hd).transpose(0, 1)
-            q, k = self._rot(q, cos, sin), self._rot(k, cos, sin)
-            cache.write_prompt(li, slot, k, v)
-            o = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=self.scale,
-                                               enable_gqa=self.G > 1)
-            x = x + Lw["o"](o[0].transpose(0, 1).reshape(P, H * hd))
+            qk = self._rot(qkv[:, :(H + Hk) * hd].view(N, H + Hk, hd), cos, sin)   # RoPE on q and k at once
+            v = qkv[:, (H + Hk) * hd:].view(N, Hk, hd)
+            o = torch.empty(N, H, hd, dtype=x.dtype, device=dev)
+            for i, slot in enumerate(slots):
+                r0, r1 = offs[i], offs[i + 1]
+                q_i, k_i, v_i = (t_.transpose(0, 1) for t_ in (qk[r0:r1, :H], qk[r0:r1, H:], v[r0:r1]))
+                cache.write_prompt(li, slot, k_i, v_i)
+                o_i = F.scaled_dot_product_attention(q_i[None], k_i[None], v_i[None], is_causal=True,
+                                                     scale=self.scale, enable_gqa=self.G > 1)
+                o[r0:r1] = o_i[0].transpose(0, 1)
+            x = x + Lw["o"](o.view(N, H * hd))
             h = self._rms(x, Lw["ln2"])
             gu = Lw["gu"](h)
             x = x + Lw["d"](F.silu(gu[:, :I]) * gu[:, I:])
             h = self._rms(x, layers[li + 1]["ln1"] if li + 1 < self.L else W["norm"])
-        return W["head"](h[-1:].contiguous())
+        last = torch.tensor(offs[1:], device=dev) - 1
+        return W["head"](h[last].contiguous())
 
     @torch.no_grad()
     def _decode_torch(self, tok, pos, t, plen, S, n, cache: _Cache, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -399,31 +455,30 @@ class FastEngine:
         B = S * n
         cos_t, sin_t = self._rope(int(pos.max()) + 1)
         cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
-        slot_idx = torch.arange(S, device=tok.device).repeat_interleave(n)
-        row_in_slot = torch.arange(n, device=tok.device).repeat(S)
+        gen_rows = cache.gen_rows(t)
         T = int(t.max()) + 1
         valid = torch.cat((
             (torch.arange(P, device=tok.device)[None, :] < plen[:, None])[:, None, :].expand(S, n, P),
             (torch.arange(T, device=tok.device)[None, :] <= t[:, None]).view(S, n, T)), dim=-1)
-        mask = torch.zeros(valid.shape, dtype=torch.float32, device=tok.device).masked_fill_(~valid, float("-inf"))
+        mask = torch.zeros(valid.shape, dtype=self.dtype, device=tok.device).masked_fill_(~valid, float("-inf"))
         mask = mask.view(S, 1, n, 1, P + T)
         x = W["embed"][tok]
         layers = W["layers"]
         for li, Lw in enumerate(layers):
             h = self._rms(x, Lw["ln1"])
             qkv = Lw["qkv"](h)
-            q = qkv[:, :H * hd].view(B, H, hd)
-            k = qkv[:, H * hd:(H + Hk) * hd].view(B, Hk, hd)
+            qk = self._rot(qkv[:, :(H + Hk) * hd].view(B, H + Hk, hd), cos, sin)   # RoPE on q and k at once
+            q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, (H + Hk) * hd:].view(B, Hk, hd)
-            q, k = self._rot(q, cos, sin), self._rot(k, cos, sin)
             kg_l, vg_l = cache.kg[li, :S], cache.vg[li, :S]
-            kg_l[slot_idx, :, row_in_slot, :, t] = k
-            vg_l[slot_idx, :, row_in_slot, t] = v
-            qs = q.view(S, n, Hk, G, hd).transpose(1, 2)                               # (S, Hk, n, G, hd)
+            kg_l.view(-1, hd).index_copy_(0, gen_rows, k.reshape(B * Hk, hd))
+            vg_l.view(-1, hd).index_copy_(0, gen_rows, v.reshape(B * Hk, hd))
+            qs = q.reshape(S, n, Hk, G, hd).transpose(1, 2)                            # (S, Hk, n, G, hd)
             sp = torch.matmul(qs.reshape(S, Hk, n * G, hd), cache.kp[li, :S]).view(S, Hk, n, G, P)
-            sg = torch.matmul(qs, kg_l[..., :T])                                       # (S, Hk, n, G, T)
-            s = torch.cat((sp, sg), dim=-1).float().mul_(self.scale).add_(mask)
-            p = torch.softmax(s, dim=-1).to(x.dtype)
+            sg = torch.matmul(qs, kg_l[..., :T, :].transpose(-1, -2))                  # (S, Hk, n, G, T)
+            # in the engine dtype: torch's bf16 softmax accumulates in float32 (one rounding, of its output)
+            s = torch.cat((sp, sg), dim=-1).mul_(self.scale).add_(mask)
+            p = torch.softmax(s, dim=-1)
             o = torch.matmul(p[..., :P].reshape(S, Hk, n * G, P), cache.vp[li, :S]).view(S, Hk, n, G, hd)
             o = o + torch.matmul(p[..., P:], vg_l[..., :T, :])
             x = x + Lw["o"](o.transpose(1, 2).reshape(B, H * hd))
@@ -448,25 +503,26 @@ class FastEngine:
             tok = logits.argmax(-1)
             return tok, logits.gather(1, tok[:, None])[:, 0] - torch.logsumexp(logits, -1)
         z = logits / params.temperature if params.temperature != 1.0 else logits
-        lse = torch.logsumexp(z, -1)
-        zf = z
-        if params.top_k and 0 < params.top_k < z.shape[-1]:
-            kth = torch.topk(zf, params.top_k, dim=-1).values[:, -1:]
-            zf = zf.masked_fill(zf < kth, float("-inf"))
-        if params.top_p < 1.0:
-            sz, si = torch.sort(zf, dim=-1, descending=True)
-            sp = torch.softmax(sz, dim=-1)
-            drop = (sp.cumsum(-1) - sp) > params.top_p      # keep the smallest prefix reaching top_p
-            drop[:, 0] = False
-            zf = zf.scatter(1, si, sz.masked_fill(drop, float("-inf")))
-        cdf = torch.softmax(zf, dim=-1).cumsum(-1)
+        probs = torch.softmax(z, dim=-1)     # the log-prob is read from these (not changed by top-k / top-p)
+        pf = probs
+        if (params.top_k and 0 < params.top_k < z.shape[-1]) or params.top_p < 1.0:
+            zf = z
+            if params.top_k and 0 < params.top_k < z.shape[-1]:
+                kth = torch.topk(zf, params.top_k, dim=-1).values[:, -1:]
+                zf = zf.masked_fill(zf < kth, float("-inf"))
+            if params.top_p < 1.0:
+                sz, si = torch.sort(zf, dim=-1, descending=True)
+                sp = torch.softmax(sz, dim=-1)
+                drop = (sp.cumsum(-1) - sp) > params.top_p      # keep the smallest prefix reaching top_p
+                drop[:, 0] = False
+                zf = zf.scatter(1, si, sz.masked_fill(drop, float("-inf")))
+            pf = torch.softmax(zf, dim=-1)
         if u is None:
-            u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, generator=gen, device=cdf.device)
+            u = torch.rand(pf.shape[0], 1, dtype=pf.dtype, generator=gen, device=pf.device)
         else:
-            u = u.to(device=cdf.device, dtype=cdf.dtype).reshape(-1, 1)
-        u = u * cdf[:, -1:]
-        tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
-        return tok, z.gather(1, tok[:, None])[:, 0] - lse
+            u = u.to(device=pf.device, dtype=pf.dtype).reshape(-1, 1)
+        tok = _inverse_cdf(pf, u)
+        return tok, probs.gather(1, tok[:, None])[:, 0].log()
 
     # ------------------------------------------------------------------------------------ stopping
     def _may_end_stop(self, t: int, last_chars: str) -> bool:
@@ -559,43 +615,56 @@ class FastEngine:
                 results[g][j] = finish(tok, enc[g], rows_ids[r], params, eos, rows_lp[r])
             slot_group[s] = -1
 
-        def fill_slot(s: int) -> None:
-            g = queue.popleft()
-            slot_group[s] = g
-            ids = enc[g]
-            plen[s] = len(ids)
-            stats["prefill_tokens"] += len(ids)
-            nt = self._set_threads("prefill")
-            t0 = time.perf_counter()
-            logits = self._prefill_torch(ids, s, cache)
-            if nt:
-                self._thread_feedback("prefill", nt, (time.perf_counter() - t0) / len(ids))
-            u0 = None
-            if pseeds is not None:
-                slot_gen[s] = torch.Generator(device=dev).manual_seed(int(pseeds[g]))
-                u0 = torch.rand(n, dtype=torch.float64, generator=slot_gen[s], device=dev)
-            tk, lp = self._sample(logits, params, gen, rows=n, u=u0)
-            tl, ll = tk.tolist(), lp.tolist()
-            for j in range(n):
-                r = s * n + j
-                rows_ids[r], rows_lp[r], done[r] = [], [], False
-                cur[r], t[r] = tl[j], 0
-                after_token(r, tl[j], ll[j])
+        def fill_slots(slots: list[int]) -> None:
+            """Admit the next prompts into ``slots``: packed prefills of at most ``_PREFILL_TOKENS`` tokens
+            (a longer prompt alone), then each slot's first tokens, in slot order."""
+            gs = [queue.popleft() for _ in slots]
+            for s, g in zip(slots, gs):
+                slot_group[s], plen[s] = g, len(enc[g])
+                stats["prefill_tokens"] += len(enc[g])
+            parts, i = [], 0
+            while i < len(slots):
+                j, ntok = i + 1, len(enc[gs[i]])
+                while j < len(slots) and ntok + len(enc[gs[j]]) <= _PREFILL_TOKENS:
+                    ntok += len(enc[gs[j]])
+                    j += 1
+                nt = self._set_threads("prefill")
+                t0 = time.perf_counter()
+                parts.append(self._prefill_torch([enc[g] for g in gs[i:j]], slots[i:j], cache))
+                if nt:
+                    self._thread_feedback("prefill", nt, (time.perf_counter() - t0) / ntok)
+                i = j
+            logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+            for k, (s, g) in enumerate(zip(slots, gs)):
+                u0 = None
+                if pseeds is not None:
+                    slot_gen[s] = torch.Generator(device=dev).manual_seed(int(pseeds[g]))
+                    u0 = torch.rand(n, dtype=torch.float64, generator=slot_gen[s], device=dev)
+                tk, lp = self._sample(logits[k:k + 1], params, gen, rows=n, u=u0)
+                tl, ll = tk.tolist(), lp.tolist()
+                for j in range(n):
+                    r = s * n + j
+                    rows_ids[r], rows_lp[r], done[r] = [], [], False
+                    cur[r], t[r] = tl[j], 0
+                    after_token(r, tl[j], ll[j])
 
         while True:
             for s in range(S):                   # free finished slots
                 if slot_group[s] >= 0 and all(done[s * n:(s + 1) * n]):
                     finalize_slot(s)
             n_active = sum(1 for r in range(NR) if not done[r])
-            for s in range(S):                   # admit new prompts while rows are available
-                if not queue or n_active + n > max_rows:
+            admit = []                           # free slots for the next prompts, while rows are available
+            for s in range(S):
+                if len(admit) >= len(queue) or n_active + n > max_rows:
                     break
                 if slot_group[s] < 0:
-                    fill_slot(s)
+                    admit.append(s)
+                    n_active += n
+            if admit:
+                fill_slots(admit)
+                for s in admit:
                     if all(done[s * n:(s + 1) * n]):
                         finalize_slot(s)
-                    else:
-                        n_active += sum(1 for j in range(n) if not done[s * n + j])
             act = [r for r in range(NR) if not done[r]]
             if not act:
                 if queue:
