@@ -234,3 +234,30 @@ def test_bf16_path_qwen2_biases(tokenizer):
     for g in eng.generate(mixed_prompts(3), 2, params):
         for c in g:
             assert (torch.tensor(c.logprobs) - forward_logprobs(m, c, 1.0)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("V", [256 * 7, 1000, 49152])
+def test_inverse_cdf_matches_one_level_search(V):
+    """The two-level sampler returns the token a single cumsum + searchsorted picks (up to float ties at a
+    boundary), never a token of probability 0, also at u -> 1 and with V not a multiple of the block."""
+    from medrlvr.fast_rollout import _inverse_cdf
+
+    g = torch.Generator().manual_seed(V)
+    R = 64
+    probs = torch.softmax(torch.randn(R, V, generator=g) * 3, -1)
+    probs[:, ::3] = 0.0                                       # masked tokens (top-k / top-p)
+    probs[1, :] = 0.0
+    probs[1, V - 5] = 1.0                                     # all the mass on one late token
+    probs = probs / probs.sum(-1, keepdim=True)
+    u = torch.rand(R, 1, generator=g)
+    u[0] = 0.0
+    u[2] = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))   # the largest float below 1
+    got = _inverse_cdf(probs, u)
+    cdf = probs.cumsum(-1)
+    ref = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp(max=V - 1)
+    assert got.shape == (R,)
+    assert (probs.gather(1, got[:, None]) > 0).all()
+    assert int(got[1]) == V - 5
+    agree = (got == ref).float().mean().item()
+    assert agree >= 0.95, agree                               # differs only where the two sums round apart
+    assert ((got - ref).abs() <= 3).all()                     # and then to a neighbouring non-zero token
