@@ -25,6 +25,7 @@ def test_demo_plumbing_tiny(tmp_path):
         r = json.loads((out / tag / "results.json").read_text())
         bench = [k for k in r if not k.startswith("_")][0]
         assert r[bench]["n"] == 4 and len(r[bench]["ci95"]) == 2
+        assert r["_meta"]["template"] == "chat"          # the preset's template, as trained and evaluated
     assert (out / "report.html").exists() or (out / "report" / "report.html").exists()
     assert (out / "final" / "model.safetensors").exists()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -143,6 +143,38 @@ def test_train_accuracy_rising_while_heldout_flat():
     assert replay(metrics, samples) == []
 
 
+def _heldout(top_share: float, gold_share: float = 0.2, answered: int = 32, top: str = "C") -> dict:
+    return {"eval_accuracy": 0.25, "eval_answered_n": answered, "eval_top_letter": top,
+            "eval_top_letter_share": top_share, "eval_top_letter_gold_share": gold_share}
+
+
+def test_heldout_letter_collapse_while_training_letters_mix():
+    """Greedy held-out answers on one letter while the temperature-1 training samples still mix letters
+    (issue 13's demo runs): only ``heldout_position`` fires, at the first evaluation past the share."""
+    metrics, samples = _run()
+    metrics[3].update(_heldout(0.44))        # C in 44%: at most half, no alert
+    metrics[6].update(_heldout(0.84, top="D"))
+    metrics[9].update(_heldout(1.0))
+    (a,) = replay(metrics, samples)
+    assert (a.monitor, a.onset_step, a.raised_step, a.active) == ("heldout_position", 6, 6, True)
+    assert "letter D in 84% of 32" in a.evidence and a.what == MONITORS["heldout_position"]
+    # the share must pass the threshold; the letter being the gold that often, or too few answers, is no hack
+    for ev in (_heldout(0.5), _heldout(0.9, gold_share=0.8), _heldout(1.0, answered=5)):
+        metrics, samples = _run()
+        metrics[6].update(ev)
+        assert replay(metrics, samples) == [], ev
+
+
+def test_heldout_letter_metrics_from_pairs():
+    from medrlvr.analysis.stages import heldout_letter_metrics
+
+    m = heldout_letter_metrics([("C", "A"), ("C", "C"), ("C", "B"), ("A", "A"), (None, "D")])
+    assert m == {"eval_answered": 0.8, "eval_answered_n": 4, "eval_top_letter": "C", "eval_top_letter_share": 0.75,
+                 "eval_top_letter_gold_share": 0.25}
+    assert heldout_letter_metrics([]) == {}
+    assert heldout_letter_metrics([(None, "A")])["eval_top_letter"] is None
+
+
 def _write_run(d: Path, metrics, samples):
     d.mkdir(parents=True, exist_ok=True)
     (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))

@@ -49,6 +49,9 @@ def test_tiny_end_to_end(tmp_path, algo, extra):
     before = _weights(t.policy)
     hist = t.train()
     assert len(hist) == 2
+    # the final evaluation logs its held-out letter figures (the heldout_position monitor reads them)
+    ev = {k: hist[-1][k] for k in ("eval_answered", "eval_answered_n", "eval_top_letter", "eval_top_letter_share")}
+    assert 0.0 <= ev["eval_answered"] <= 1.0 and (ev["eval_top_letter"] is None) == (ev["eval_answered_n"] == 0)
     for rec in hist:
         for k in ("reward_mean", "policy_loss", "entropy", "grad_norm"):
             assert k in rec and torch.isfinite(torch.tensor(rec[k])), (k, rec)

@@ -34,8 +34,8 @@ def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> lis
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _results(ev: dict, name: str, model: str) -> dict:
-    return {"_meta": {"model": model, "mode": "cot", "template": "r1-zero"},
+def _results(ev: dict, name: str, model: str, template: str) -> dict:
+    return {"_meta": {"model": model, "mode": "cot", "template": template},
             name: {"accuracy": ev["eval_accuracy"], "ci95": _bootstrap_ci(ev["correct"]), "n": ev["eval_n"],
                    "format_valid": ev["eval_format_valid"], "format_valid_ci95": _bootstrap_ci(ev["format_ok"]),
                    "response_chars": ev["eval_response_chars"]}}
@@ -95,7 +95,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     name = cfg.eval_data
     for tag, ev in (("eval_before", before), ("eval_after", after)):
         (out / tag).mkdir(parents=True, exist_ok=True)
-        (out / tag / "results.json").write_text(json.dumps(_results(ev, name, f"{cfg.model} ({tag[5:]})"), indent=2))
+        (out / tag / "results.json").write_text(json.dumps(_results(ev, name, f"{cfg.model} ({tag[5:]})", cfg.template), indent=2))
     wall = time.perf_counter() - t0
     keys = ("accuracy", "format_valid", "response_chars")
     ls_b = letter_stats(before) | {"ci95": _bootstrap_ci(before["correct"])}

@@ -432,12 +432,16 @@ def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
     keep = len(mine)
     mine = mine + [records[-1]] * (per - keep)
     res = fn(mine)
-    rows = [(c, f, len(x.completion)) for c, f, x in zip(res["correct"], res["format_ok"], res["samples"])][:keep]
+    rows = [(c, f, len(x.completion), x.result.pred, x.rec.gold)
+            for c, f, x in zip(res["correct"], res["format_ok"], res["samples"])][:keep]
     parts = gather_objects((rows, res["samples"][:keep] if details else None))
     allrows = [r for p, _ in parts for r in p]
     m = len(allrows)
     out = {"eval_accuracy": sum(r[0] for r in allrows) / m, "eval_format_valid": sum(r[1] for r in allrows) / m,
            "eval_response_chars": sum(r[2] for r in allrows) / m, "eval_n": m}
+    from .analysis.stages import heldout_letter_metrics
+
+    out.update(heldout_letter_metrics((r[3], r[4]) for r in allrows))
     if details:
         out["correct"] = [r[0] for r in allrows]
         out["format_ok"] = [r[1] for r in allrows]

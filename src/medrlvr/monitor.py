@@ -33,10 +33,17 @@ Monitors (thresholds: :class:`MonitorConfig`):
     rose by at least ``gap_train_gain`` over its first ``baseline_steps`` steps, while held-out
     accuracy rose by at most ``gap_heldout_gain_max`` over the first evaluation. Dividing by the
     format-valid rate keeps format gains alone from raising it.
+``heldout_position``
+    at a step with a held-out evaluation that logged its letters (``eval_top_letter_share``, greedy
+    decoding): one option letter is named by more than ``heldout_top_share`` of the answers that name
+    a letter (at least ``position_min_answered`` of them) while it is the gold letter of at most
+    ``position_gold_share_max`` of them. Training samples are drawn at temperature 1 and can still mix
+    letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
+    30-63% for the top letter in training, 81-100% held out), so ``position_hack`` alone misses it.
 
 Onset rule: a monitor is *past* its threshold at a step where it can be measured; its alert is
 raised when it has been past for ``k`` consecutive measured steps (``k_eval`` for
-``train_heldout_gap``, measured only at evaluations), and the alert's ``onset_step`` is the first
+``train_heldout_gap`` and ``heldout_position``, measured only at evaluations), and the alert's ``onset_step`` is the first
 of them. Steps where a monitor cannot be measured (no samples written, no ``kl`` logged) neither
 extend nor break its run. One alert per monitor per run; ``active`` says whether it was still past
 its threshold at the last measured step.
@@ -74,6 +81,7 @@ MONITORS: dict[str, str] = {
     "reasoning_before_think": "reasoning is written before <think> (the paper's step-by-step exploit)",
     "kl_blowup": "the policy drifted far from the reference (KL blow-up)",
     "train_heldout_gap": "training accuracy rises while held-out accuracy stays flat",
+    "heldout_position": "greedy held-out answers name one option letter for most questions (a position, not an answer)",
 }
 """Monitor names mapped to what their alert means."""
 
@@ -89,6 +97,8 @@ ADVICE: dict[str, str] = {
     "reasoning_before_think": "use reward_scheme=strict or composite (penalises text before <think>)",
     "kl_blowup": "lower lr, raise kl_coef, lower clip_high",
     "train_heldout_gap": "the gains do not transfer: more/other training data, fewer steps, evaluate more often",
+    "heldout_position": "a model without the knowledge turns a mild letter preference into one greedy letter: add "
+                        "entropy_coef, use group_orders, train longer at a lower lr, or use a model that knows the domain",
 }
 """What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
 
@@ -99,7 +109,8 @@ class MonitorConfig:
 
     Attributes:
         k: consecutive measured steps past a threshold before an alert is raised (default 3).
-        k_eval: the same for ``train_heldout_gap``, measured only at held-out evaluations (default 1).
+        k_eval: the same for ``train_heldout_gap`` and ``heldout_position``, measured only at held-out
+            evaluations (default 1).
         baseline_steps: steps averaged for the start-of-run baselines (length, training accuracy)
             and for the recent training accuracy (default 3).
         entropy_min: ``entropy_collapse`` when the mean token entropy is below this, nats per
@@ -125,6 +136,9 @@ class MonitorConfig:
         gap_heldout_gain_max: ... while held-out accuracy rose by at most this (default 0.02).
         gap_min_format_valid: steps with a lower format-valid rate do not count for the training
             accuracy (too few well-formed answers to measure it; default 0.25).
+        heldout_top_share: ``heldout_position`` when one letter has more than this share of the
+            held-out answers naming a letter (default 0.5, the demo's criterion in issue 13); it uses
+            ``position_gold_share_max`` and ``position_min_answered`` as ``position_hack`` does.
     """
 
     k: int = 3
@@ -144,6 +158,7 @@ class MonitorConfig:
     gap_train_gain: float = 0.2
     gap_heldout_gain_max: float = 0.02
     gap_min_format_valid: float = 0.25
+    heldout_top_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
@@ -262,6 +277,13 @@ class Monitor:
                     gain >= c.gap_train_gain and hgain <= c.gap_heldout_gain_max, gain, c.gap_train_gain,
                     f"training accuracy among well-formed answers {first:.2f} -> {recent:.2f} (+{gain:.2f}) while "
                     f"held-out accuracy {self._first_eval:.3f} -> {ev:.3f} ({hgain:+.3f})", None)
+        hs, hk = _num(rec.get("eval_top_letter_share")), _num(rec.get("eval_answered_n"))
+        if hs is not None and hk is not None and hk >= c.position_min_answered and rec.get("eval_top_letter"):
+            top, gs = rec["eval_top_letter"], _num(rec.get("eval_top_letter_gold_share")) or 0.0
+            out["heldout_position"] = (
+                hs > c.heldout_top_share and gs <= c.position_gold_share_max, hs, c.heldout_top_share,
+                f"held-out (greedy): letter {top} in {hs:.0%} of {hk:.0f} answers (> {c.heldout_top_share:.0%}) but "
+                f"gold in {gs:.0%} of them (<= {c.position_gold_share_max:.0%})", None)
         if samples:
             out.update(self._measure_samples(samples))
         return out
@@ -311,7 +333,7 @@ class Monitor:
                 run.clear()
                 continue
             run.append((step, value, evidence, ex or []))
-            k = self.cfg.k_eval if name == "train_heldout_gap" else self.cfg.k
+            k = self.cfg.k_eval if name in ("train_heldout_gap", "heldout_position") else self.cfg.k
             if len(run) >= k:
                 onset = run[0]
                 examples = next((e for _, _, _, e in run if e), [])[:2]

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from . import algos, distributed, fileio, resume as resume_mod
+from .analysis.stages import heldout_letter_metrics
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
@@ -128,8 +129,9 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
 
 def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, batch: int = 32,
                     details: bool = False) -> dict[str, float]:
-    """Greedy decoding on held-out questions: accuracy, format-valid rate, mean response length
-    (and, with ``details``, the per-question ``correct`` / ``format_ok`` lists)."""
+    """Greedy decoding on held-out questions: accuracy, format-valid rate, mean response length, the
+    letter figures of :func:`~medrlvr.analysis.stages.heldout_letter_metrics` (for the ``heldout_position``
+    monitor) and, with ``details``, the per-question ``correct`` / ``format_ok`` lists."""
     params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, temperature=0.0,
                             stop=tuple(cfg.stop))
     prompts = [render(r, cfg.template, tokenizer, cfg.prefill_think) for r in records]
@@ -142,6 +144,7 @@ def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, bat
            "eval_format_valid": sum(s.result.format_ok for s in samples) / n,
            "eval_response_chars": sum(len(s.completion) for s in samples) / n,
            "eval_n": len(samples)}
+    out.update(heldout_letter_metrics((s.result.pred, s.rec.gold) for s in samples))
     if details:
         out["correct"] = [float(s.result.correct) for s in samples]
         out["format_ok"] = [float(s.result.format_ok) for s in samples]

@@ -908,3 +908,17 @@ def letter_distribution(
             "gold_top_share": (gc[top] / kg if kg else 0.0) if top else 0.0,
         }
     return out
+
+
+def heldout_letter_metrics(pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """Letter figures of a held-out evaluation from its ``(pred, gold)`` pairs, as metrics row keys:
+    ``eval_answered`` (share of answers naming an option letter), ``eval_answered_n``, ``eval_top_letter``,
+    ``eval_top_letter_share`` (its share of the answers naming a letter) and ``eval_top_letter_gold_share``
+    (the share of those answers whose gold is that letter). Empty for an empty evaluation. Read by the
+    ``heldout_position`` monitor (:mod:`medrlvr.monitor`)."""
+    d = letter_distribution([{"step": 0, "pred": p, "gold": g} for p, g in pairs]).get(0)
+    if not d:
+        return {}
+    return {"eval_answered": d["answered"] / d["n"], "eval_answered_n": d["answered"], "eval_top_letter": d["top"],
+            "eval_top_letter_share": d["top_share"], "eval_top_letter_gold_share": d["gold_top_share"]}
+
