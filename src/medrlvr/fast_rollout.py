@@ -11,7 +11,9 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
 AVX512-BF16 + AMX they were 0.74x the speed of this PyTorch bf16 path, 9.9 vs 13.3 tokens/s, and
 0.96x in an earlier measurement; an AVX2-only EPYC cannot run them.)
 
-* each prompt is prefilled ONCE and its key/value cache is shared by the ``n`` samples of its group:
+* the prompts admitted together are prefilled in ONE packed forward (their tokens stacked as rows, so
+  the linear layers see them all at once; attention stays within each prompt), and each prompt's
+  key/value cache is shared by the ``n`` samples of its group:
   the decode attention over the prompt is one product per group and KV head, the ``n * G`` queries of
   the group against one copy of the prompt keys ("cascade" attention);
 * a static, pre-allocated KV cache (a prompt part per group slot, a generated part per row);
@@ -21,6 +23,8 @@ AVX512-BF16 + AMX they were 0.74x the speed of this PyTorch bf16 path, 9.9 vs 13
 * bf16: the torch threads are tuned while generating (all torch threads vs one, by measured time per
   row or prompt token): on a busy machine the fork/join barriers of a thread pool can cost more than a
   second core gains;
+* sampling inverts the CDF in two levels (block sums of 256 tokens, then one block), not with a cumsum
+  over the whole vocabulary, and reads the log-prob from the same softmax (no logsumexp pass);
 * stop strings are checked incrementally (a short decoded tail, only when the new token could end
   one); the log-prob of each sampled token under ``logits / temperature`` (float32, not modified by
   top-k / top-p) comes from the single logits row of the step: no per-position full-vocab tensors.
