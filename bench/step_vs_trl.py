@@ -174,13 +174,18 @@ def limits_line(args) -> str:
     up_s = ro_s = 0.0
     for rec, smp in steps:
         up_lim = up_lim + roofline.training_limit(shape, mach, [p + r for p, r in smp], cfg.micro_batch_size,
-                                                  scoring_passes=scoring, epochs=cfg.ppo_epochs, dtype_bytes=nb)
+                                                  scoring_passes=scoring, epochs=cfg.ppo_epochs, dtype_bytes=nb,
+                                                  prompt_lens=[p for p, _ in smp],
+                                                  group_size=cfg.samples_per_prompt if cfg.share_prompt else 1)
         gen = max(1, round(sum(r for _, r in smp) / len(smp)))
         ro_lim = ro_lim + roofline.rollout_limit(shape, mach, [p for p, _ in smp[::cfg.samples_per_prompt]],
                                                  cfg.samples_per_prompt, gen, rows, dtype_bytes=nb)
         up_s += rec["update_s"]
         ro_s += rec["rollout_s"]
-    print(roofline.report("update, steps 2..N", up_lim, up_s, f"{len(seq)} sequences, {sum(seq)} tokens, "
+    share = (f", prompts shared per group of {cfg.samples_per_prompt} ("
+             f"{sum(r for _, smp in steps for _, r in smp) + sum(p for _, smp in steps for p, _ in smp[::cfg.samples_per_prompt])}"
+             " tokens run)") if cfg.share_prompt else ""
+    print(roofline.report("update, steps 2..N", up_lim, up_s, f"{len(seq)} sequences, {sum(seq)} tokens{share}, "
                           f"{scoring} scoring + {cfg.ppo_epochs} fwd/bwd passes, {dt}"))
     print(roofline.report("rollout, steps 2..N", ro_lim, ro_s))
     return (f"update_fraction_of_limit={up_lim.seconds / max(up_s, 1e-9):.3f} "

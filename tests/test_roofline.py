@@ -107,6 +107,21 @@ def test_training_limit_is_three_forwards_per_epoch_plus_scoring():
     assert t2.flops == pytest.approx(2 * 6 * fwd)
 
 
+def test_training_limit_counts_a_shared_prompt_once_per_group():
+    s = ModelShape.from_config(SMOL)
+    # 2 groups of 4: prompt 100 tokens, responses 50 -> 2 * (100 + 4 * 50) = 600 rows, not 8 * 150 = 1200
+    seqs, prompts = [150] * 8, [100] * 8
+    shared = roofline.training_limit(s, None, seqs, micro_batch=8, scoring_passes=0, prompt_lens=prompts, group_size=4)
+    ctx = (2 * 100 * 101 / 2 + 8 * (50 * 100 + 50 * 51 / 2)) / 600
+    assert shared.flops == pytest.approx(3 * roofline.forward_limit(s, None, rows=600, attn_context=ctx).flops)
+    full = roofline.training_limit(s, None, seqs, micro_batch=8, scoring_passes=0)
+    assert 0.45 < shared.flops / full.flops < 0.55
+    # group_size 1 (no sharing) is the unshared count; mismatched lengths are refused
+    assert roofline.training_limit(s, None, seqs, 8, 0, prompt_lens=prompts, group_size=1).flops == full.flops
+    with pytest.raises(ValueError):
+        roofline.training_limit(s, None, seqs, 8, prompt_lens=[100], group_size=4)
+
+
 def test_report_line():
     lim = roofline.Limit(seconds=2.0, flops=4e9, bytes=1e9, compute_s=2.0, memory_s=0.5)
     line = roofline.report("x", lim, 4.0)

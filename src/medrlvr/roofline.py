@@ -257,17 +257,40 @@ def rollout_limit(shape: ModelShape, mach: Machine | None, prompt_lens, n: int, 
 
 
 def training_limit(shape: ModelShape, mach: Machine | None, seq_lens, micro_batch: int, scoring_passes: int = 1,
-                   epochs: int = 1, dtype_bytes: int = 2) -> Limit:
+                   epochs: int = 1, dtype_bytes: int = 2, prompt_lens=None, group_size: int = 1) -> Limit:
     """A policy update on sequences of ``seq_lens`` tokens (prompt + response), ``micro_batch`` sequences
     per forward: ``scoring_passes`` no-grad forwards (old log-probs, reference) plus ``epochs`` forward +
-    backward passes (3x a forward). Attention is causal over each sequence (mean context (T+1)/2)."""
+    backward passes (3x a forward). Attention is causal over each sequence (mean context (T+1)/2).
+
+    With ``prompt_lens`` (each sequence's prompt part) and ``group_size`` > 1, every ``group_size``
+    consecutive sequences share one prompt, run once per group (``share_prompt``, :mod:`medrlvr.batching`):
+    its tokens count once, and each response token attends to the prompt and the response before it.
+    Micro-batches then hold whole groups, as the trainer packs them."""
     lens = [int(t) for t in seq_lens]
     total = Limit()
-    for i in range(0, len(lens), max(1, micro_batch)):
-        mb = lens[i:i + micro_batch]
-        rows = sum(mb)
-        ctx = sum(t * (t + 1) / 2 for t in mb) / max(rows, 1)
-        fwd = forward_limit(shape, mach, rows, attn_context=ctx, dtype_bytes=dtype_bytes)
+    if prompt_lens is None or group_size <= 1:
+        for i in range(0, len(lens), max(1, micro_batch)):
+            mb = lens[i:i + micro_batch]
+            rows = sum(mb)
+            ctx = sum(t * (t + 1) / 2 for t in mb) / max(rows, 1)
+            fwd = forward_limit(shape, mach, rows, attn_context=ctx, dtype_bytes=dtype_bytes)
+            total = total + fwd.scaled(scoring_passes + 3 * epochs)
+        return total
+    plens = [int(p) for p in prompt_lens]
+    if len(plens) != len(lens):
+        raise ValueError(f"{len(plens)} prompt lengths for {len(lens)} sequences")
+    step = max(group_size, micro_batch // group_size * group_size)
+    for i in range(0, len(lens), step):
+        rows, ctx_sum = 0, 0.0
+        for g in range(i, min(i + step, len(lens)), group_size):
+            P = plens[g]
+            rows += P
+            ctx_sum += P * (P + 1) / 2
+            for t in lens[g:g + group_size]:
+                r = t - P
+                rows += r
+                ctx_sum += r * P + r * (r + 1) / 2
+        fwd = forward_limit(shape, mach, rows, attn_context=ctx_sum / max(rows, 1), dtype_bytes=dtype_bytes)
         total = total + fwd.scaled(scoring_passes + 3 * epochs)
     return total
 
