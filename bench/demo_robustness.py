@@ -14,7 +14,7 @@ Usage::
 ``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
 bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
 to ``OUT/results.jsonl`` as each run ends (a run already there is not repeated, so the script can be
-restarted), and the table is written to ``OUT/table.md``. Wall times depend on the machine's load:
+restarted), and the table of every run in ``OUT`` is written to ``OUT/table.md``. Wall times depend on the machine's load:
 say what else ran.
 """
 
@@ -129,6 +129,9 @@ def main() -> int:
                     f.write(json.dumps(done[key]) + "\n")
                 print(table([done[key]]).splitlines()[-1], flush=True)
             rows.append(done[key])
+    # the table holds every run in OUT (other scripts may have added theirs), seed-major
+    rank = {"auto": 0, "bf16": 1, "fp32": 2}
+    rows = sorted(read_done(res).values(), key=lambda r: (r["seed"], rank.get(r["path"], 3), r["path"]))
     md = (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), auto = {auto}.\n\n" + table(rows) + "\n")
     (out / "table.md").write_text(md)
     print(md)
