@@ -182,9 +182,9 @@ def limits_line(args) -> str:
                                                  cfg.samples_per_prompt, gen, rows, dtype_bytes=nb)
         up_s += rec["update_s"]
         ro_s += rec["rollout_s"]
-    share = (f", prompts shared per group of {cfg.samples_per_prompt} ("
-             f"{sum(r for _, smp in steps for _, r in smp) + sum(p for _, smp in steps for p, _ in smp[::cfg.samples_per_prompt])}"
-             " tokens run)") if cfg.share_prompt else ""
+    spp = cfg.samples_per_prompt
+    run_tok = sum(r for _, smp in steps for _, r in smp) + sum(p for _, smp in steps for p, _ in smp[::spp])
+    share = f", prompts shared per group of {spp} ({run_tok} tokens run)" if cfg.share_prompt else ""
     print(roofline.report("update, steps 2..N", up_lim, up_s, f"{len(seq)} sequences, {sum(seq)} tokens{share}, "
                           f"{scoring} scoring + {cfg.ppo_epochs} fwd/bwd passes, {dt}"))
     print(roofline.report("rollout, steps 2..N", ro_lim, ro_s))

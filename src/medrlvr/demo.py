@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .config import build_config
+from .monitor import MonitorConfig
 from .train import Trainer
 
 
@@ -48,15 +49,16 @@ def letter_stats(ev: dict) -> dict:
     samples = ev["samples"]
     n = max(1, len(samples))
     letters = Counter(s.result.pred for s in samples if s.result.pred)
-    k = sum(letters.values())
-    return {"answered": k / n, "top_letter_share": (max(letters.values()) / k) if k else 0.0,
+    # the shares are the evaluation's own (heldout_letter_metrics): the heldout_position monitor reads the same
+    return {"answered": ev.get("eval_answered", 0.0), "top_letter_share": ev.get("eval_top_letter_share", 0.0),
             "letters": dict(sorted(letters.items())),
             "template_echo": sum("template_echo" in s.result.flags for s in samples) / n,
             "random_baseline": sum(1 / s.rec.n_options for s in samples) / n}
 
 
-LETTER_COLLAPSE_SHARE = 0.5
-"""Held-out greedy answers with one letter in more than this share of them: the model picks a position."""
+LETTER_COLLAPSE_SHARE = MonitorConfig.heldout_top_share
+"""Held-out greedy answers with one letter in more than this share of them: the model picks a position
+(the ``heldout_position`` monitor's threshold)."""
 
 
 def letter_verdict(ls: dict) -> str:

@@ -165,7 +165,7 @@ class _Cache:
     one ``index_copy_`` each; see :meth:`gen_rows`)."""
 
     def __init__(self, L, S, n, Hk, hd, P, M, dtype, device):
-        self.P, self.M, self.n, self.Hk, self.hd = P, M, n, Hk, hd
+        self.P, self.M, self.n, self.Hk = P, M, n, Hk
 
         def z(*shape):
             return torch.zeros(shape, dtype=dtype, device=device)
@@ -509,9 +509,10 @@ class FastEngine:
         z = logits / params.temperature if params.temperature != 1.0 else logits
         probs = torch.softmax(z, dim=-1)     # the log-prob is read from these (not changed by top-k / top-p)
         pf = probs
-        if (params.top_k and 0 < params.top_k < z.shape[-1]) or params.top_p < 1.0:
+        top_k = bool(params.top_k) and 0 < params.top_k < z.shape[-1]
+        if top_k or params.top_p < 1.0:
             zf = z
-            if params.top_k and 0 < params.top_k < z.shape[-1]:
+            if top_k:
                 kth = torch.topk(zf, params.top_k, dim=-1).values[:, -1:]
                 zf = zf.masked_fill(zf < kth, float("-inf"))
             if params.top_p < 1.0:

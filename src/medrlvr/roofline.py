@@ -262,24 +262,19 @@ def training_limit(shape: ModelShape, mach: Machine | None, seq_lens, micro_batc
     per forward: ``scoring_passes`` no-grad forwards (old log-probs, reference) plus ``epochs`` forward +
     backward passes (3x a forward). Attention is causal over each sequence (mean context (T+1)/2).
 
-    With ``prompt_lens`` (each sequence's prompt part) and ``group_size`` > 1, every ``group_size``
-    consecutive sequences share one prompt, run once per group (``share_prompt``, :mod:`medrlvr.batching`):
+    With ``prompt_lens`` (each sequence's prompt part), every ``group_size`` consecutive sequences share
+    one prompt (one sequence per group when ``group_size`` is 1: nothing is shared), run once per group (``share_prompt``, :mod:`medrlvr.batching`):
     its tokens count once, and each response token attends to the prompt and the response before it.
     Micro-batches then hold whole groups, as the trainer packs them."""
     lens = [int(t) for t in seq_lens]
-    total = Limit()
-    if prompt_lens is None or group_size <= 1:
-        for i in range(0, len(lens), max(1, micro_batch)):
-            mb = lens[i:i + micro_batch]
-            rows = sum(mb)
-            ctx = sum(t * (t + 1) / 2 for t in mb) / max(rows, 1)
-            fwd = forward_limit(shape, mach, rows, attn_context=ctx, dtype_bytes=dtype_bytes)
-            total = total + fwd.scaled(scoring_passes + 3 * epochs)
-        return total
+    if prompt_lens is None:            # no shared prompt: a whole sequence is "response" after a 0-token prompt
+        prompt_lens, group_size = [0] * len(lens), 1
     plens = [int(p) for p in prompt_lens]
     if len(plens) != len(lens):
         raise ValueError(f"{len(plens)} prompt lengths for {len(lens)} sequences")
+    group_size = max(1, group_size)
     step = max(group_size, micro_batch // group_size * group_size)
+    total = Limit()
     for i in range(0, len(lens), step):
         rows, ctx_sum = 0, 0.0
         for g in range(i, min(i + step, len(lens)), group_size):
