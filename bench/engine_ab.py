@@ -42,7 +42,7 @@ def load_base(rev: str):
         src = subprocess.run(["git", "show", f"{rev}:src/medrlvr/fast_rollout.py"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout
     except subprocess.CalledProcessError as e:
-        raise SystemExit(f"engine_ab.py: --base {rev}: {e.stderr.strip() or 'git show failed'}") from None
+        raise ValueError(e.stderr.strip().splitlines()[-1] if e.stderr.strip() else "git show failed") from None
     name = "medrlvr._fast_rollout_base"
     spec = importlib.util.spec_from_loader(name, loader=None, origin=f"{rev}:src/medrlvr/fast_rollout.py")
     mod = importlib.util.module_from_spec(spec)
@@ -62,12 +62,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--pairs", type=int, default=6, help="timed (base, new) pairs")
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 where native), bf16 or fp32")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 where native")
     ap.add_argument("--data-root", default=default_data_root())
     args = ap.parse_args()
     if args.pairs < 1 or args.prompts < 1 or args.n < 1 or args.max_new_tokens < 1:
         ap.error("--pairs, --prompts, --n and --max-new-tokens must be >= 1")
-    base_mod = load_base(args.base)
+    try:
+        base_mod = load_base(args.base)
+    except ValueError as e:
+        ap.error(f"--base {args.base}: {e}")
     print(roofline.cpu_summary(), flush=True)
     model, tok = load_policy("smollm2-135m")
     prompts, lens = medqa_prompts(tok, args.prompts, args.data_root)
