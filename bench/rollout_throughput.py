@@ -19,14 +19,22 @@ where raw tokens/s do not.
 ``--rows 8,32,128``: instead, time the fast engine at each row count (``rows / n`` prompts, batch size =
 rows) and print tokens/s and fraction_of_limit for each.
 
+``--kernel-ab PAIRS``: instead, the keep-or-delete measurement of the fused decode-attention kernel
+(``csrc/decode_attention.cpp``): the fast engine with the kernel and with the PyTorch path
+(``attn_kernel=False``), alternated PAIRS times on the same prompts in this process; prints each pair's
+speed ratio (kernel / PyTorch), their median, and each path's mean fraction_of_limit. With
+``--dtype fp32`` it also compares greedy tokens of the two paths.
+``--attn-kernel auto|on|off``: the kernel setting of the timed fast engine (auto: on for bf16).
+
     python bench/rollout_throughput.py [--prompts 8] [--n 4] [--max-new-tokens 256] [--dtype auto|bf16|fp32]
                                        [--threads N] [--skip-hf] [--hf-max-new-tokens K]
-                                       [--rows 8,32,128]
+                                       [--rows 8,32,128] [--kernel-ab 4] [--attn-kernel auto|on|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +47,7 @@ from benchlib import default_data_root, engine_dtype, fixed_params, medqa_prompt
 
 import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
 from medrlvr import roofline
+from medrlvr.fast_rollout import decode_kernel_reason
 from medrlvr.models import load_policy
 from medrlvr.prompts import render
 from medrlvr.rollout import SamplingParams, make_engine
@@ -74,7 +83,14 @@ def main() -> None:
     ap.add_argument("--data-root", default=default_data_root())
     ap.add_argument("--rows", default="", help="comma-separated row counts: time the fast engine at each")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting in --rows")
+    ap.add_argument("--kernel-ab", type=int, default=0, metavar="PAIRS",
+                    help="time the fused decode-attention kernel against the PyTorch path, PAIRS alternated pairs")
+    ap.add_argument("--attn-kernel", choices=("auto", "on", "off"), default="auto",
+                    help="fused decode-attention kernel of the timed fast engine (auto: on for bf16)")
     args = ap.parse_args()
+    if args.kernel_ab < 0:
+        ap.error(f"--kernel-ab must be >= 0, got {args.kernel_ab}")
+    kern = {"auto": None, "on": True, "off": False}[args.attn_kernel]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -91,8 +107,11 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}", flush=True)
     params, warm = fixed_params(args.max_new_tokens), fixed_params(4)
 
-    fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size)
+    fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size, attn_kernel=kern)
     edt = engine_dtype(fast)
+    why = decode_kernel_reason()
+    print(f"fused decode-attention kernel: {'in use' if fast._kern is not None else 'not used'}"
+          f"{' (' + (fast.kernel_note or why) + ')' if fast._kern is None else ''}", flush=True)
     decode_rows = sorted({min(args.batch_size, len(prompts) * args.n)} | set(rows_list))
     t0 = time.perf_counter()
     mach = roofline.measure(shape, decode_rows + [round(sum(all_plens) / len(all_plens))], edt)
@@ -119,7 +138,7 @@ def main() -> None:
         run(fast, prompts[:1], args.n, warm)
         summary = []
         for r in rows_list:
-            eng = make_engine("fast", model, tok, dtype=args.dtype, batch_size=r)
+            eng = make_engine("fast", model, tok, dtype=args.dtype, batch_size=r, attn_kernel=kern)
             run(eng, prompts[:1], args.n, warm)
             ps = all_prompts[:max(1, r // args.n)]
             got = [time_engine(eng, ps, f"{r} rows, run {i + 1}", r) for i in range(args.repeats)]
@@ -130,6 +149,9 @@ def main() -> None:
         return
     run(fast, prompts[:1], args.n, warm)
     br = min(args.batch_size, len(prompts) * args.n)
+    if args.kernel_ab:
+        kernel_ab(model, tok, args, prompts, br, time_engine)
+        return
     if args.greedy_check:
         greedy_check(model, tok, args)
     tps = [time_engine(fast, prompts, "run 1", br)]
@@ -151,6 +173,35 @@ def main() -> None:
     fast_tps = sum(x[0] for x in tps) / len(tps)
     frac = sum(x[1] for x in tps) / len(tps)
     print(f"tokens_per_s={fast_tps:.1f} speedup={fast_tps / hf_tps:.1f} fraction_of_limit={frac:.3f}")
+
+
+def kernel_ab(model, tok, args, prompts, br, time_engine) -> None:
+    """The fused decode-attention kernel against the PyTorch path, alternated in this process."""
+    engines = {on: make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size, attn_kernel=on)
+               for on in (True, False)}
+    if engines[True]._kern is None:
+        print(f"kernel-ab: the kernel cannot run here ({engines[True].kernel_note}); nothing to compare")
+        return
+    if engine_dtype(engines[True]) == "fp32":
+        p = SamplingParams(max_new_tokens=32, temperature=0.0, stop=(), seed=0)
+        a, b = (engines[on].generate(prompts, 1, p) for on in (True, False))
+        same = sum(x[0].token_ids == y[0].token_ids for x, y in zip(a, b))
+        print(f"greedy fp32, kernel vs PyTorch path ({len(prompts)} prompts x 32 tokens): identical on "
+              f"{same}/{len(prompts)}", flush=True)
+    for eng in engines.values():
+        run(eng, prompts[:1], args.n, fixed_params(4))
+    ratios, fracs = [], {True: [], False: []}
+    for i in range(args.kernel_ab):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        got = {on: time_engine(engines[on], prompts, f"{'kernel' if on else 'pytorch'}, pair {i + 1}", br)
+               for on in order}
+        ratios.append(got[True][0] / got[False][0])
+        for on in (True, False):
+            fracs[on].append(got[on][1])
+        print(f"pair {i + 1}: kernel / pytorch = {ratios[-1]:.3f}", flush=True)
+    print(f"kernel_vs_pytorch median={statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f}); "
+          f"fraction_of_limit kernel={statistics.mean(fracs[True]):.3f} "
+          f"pytorch={statistics.mean(fracs[False]):.3f}")
 
 
 if __name__ == "__main__":

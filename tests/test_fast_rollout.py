@@ -261,3 +261,116 @@ def test_inverse_cdf_matches_one_level_search(V):
     agree = (got == ref).float().mean().item()
     assert agree >= 0.95, agree                               # differs only where the two sums round apart
     assert ((got - ref).abs() <= 3).all()                     # and then to a neighbouring non-zero token
+
+
+# ------------------------------------------------------------------------------ fused decode attention
+def _kernel_or_skip():
+    from medrlvr.fast_rollout import decode_kernel, decode_kernel_reason
+
+    lib = decode_kernel()
+    if lib is None:   # e.g. no g++ on this machine: the engine then runs its PyTorch path (tested above)
+        pytest.skip(f"the fused decode-attention kernel cannot be built here: {decode_kernel_reason()}")
+    return lib
+
+
+def _reference_attention(qkv, cos, sin, pos, kp, vp, kg, vg, plen, t, S, n, H, Hk, hd, P, M):
+    """Float64 attention of one decode step over the blocked cache layout (before this step's writes)."""
+    G, B = H // Hk, S * n
+    x = qkv.double()
+    q, k, v = x[:, :H * hd].view(B, H, hd), x[:, H * hd:(H + Hk) * hd].view(B, Hk, hd), x[:, (H + Hk) * hd:].view(B, Hk, hd)
+
+    def rot(y):
+        c, s_ = cos[pos].double()[:, None], sin[pos].double()[:, None]
+        return y * c + torch.cat((-y[..., hd // 2:], y[..., :hd // 2]), -1) * s_
+
+    q, k = rot(q), rot(k)
+    kpT = kp.double().permute(0, 1, 3, 2, 4).reshape(S, Hk, hd, P)              # (S, Hk, hd, P)
+    kgr = kg.double().permute(0, 1, 2, 3, 5, 4).reshape(S, Hk, n, M, hd).clone()
+    vgr = vg.double().clone()
+    out = torch.empty(B, H, hd, dtype=torch.float64)
+    for r in range(B):
+        s_, j = divmod(r, n)
+        for h in range(Hk):
+            kgr[s_, h, j, t[r]], vgr[s_, h, j, t[r]] = k[r, h], v[r, h]
+    for r in range(B):
+        s_, j = divmod(r, n)
+        for hh in range(H):
+            kh = hh // G
+            keys = torch.cat((kpT[s_, kh, :, :plen[s_]].T, kgr[s_, kh, j, :t[r] + 1]))
+            vals = torch.cat((vp[s_, kh, :plen[s_]].double(), vgr[s_, kh, j, :t[r] + 1]))
+            out[r, hh] = torch.softmax(keys @ q[r, hh] * hd ** -0.5, -1) @ vals
+    return out.view(B, H * hd), kgr, vgr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S,n,H,Hk,hd", [(3, 2, 6, 2, 64), (2, 5, 6, 2, 64), (2, 3, 2, 2, 128), (1, 4, 4, 1, 80),
+                                         (2, 2, 3, 3, 16)])
+def test_decode_kernel_matches_reference(dtype, S, n, H, Hk, hd):
+    """One layer's fused decode attention (RoPE, this step's K/V written at t, prompt + generated parts, softmax)
+    against a float64 reference: queries per KV head from 2 to 15 (register blocks of 8 and 5 and their
+    remainders), head dims 16 to 128, prompt lengths not multiples of 16, a row at its first token."""
+    from medrlvr.fast_rollout import _Cache, _ptr
+
+    lib = _kernel_or_skip()
+    fn = lib.fr_decode_attn_f32 if dtype == torch.float32 else lib.fr_decode_attn_bf16
+    g = torch.Generator().manual_seed(S * 100 + n * 10 + hd)
+    P, M, B = 48, 32, S * n
+    c = _Cache(1, S, n, Hk, hd, P, M, dtype, "cpu", blocked=True)
+    for buf in (c.kp, c.vp, c.kg, c.vg):
+        buf.copy_(torch.randn(buf.shape, generator=g))
+    plen = torch.tensor([48, 13, 27][:S])
+    t = torch.randint(0, M, (B,), generator=g)
+    t[0] = 0
+    pos = plen.repeat_interleave(n) + t
+    qkv = torch.randn(B, (H + 2 * Hk) * hd, generator=g).to(dtype)
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    ang = torch.arange(P + M + 1).float()[:, None] * inv[None]
+    cos, sin = torch.cat((ang, ang), -1).cos().contiguous(), torch.cat((ang, ang), -1).sin().contiguous()
+    ref, kgr, vgr = _reference_attention(qkv, cos, sin, pos, c.kp[0], c.vp[0], c.kg[0], c.vg[0], plen, t,
+                                         S, n, H, Hk, hd, P, M)
+    out = torch.full((B, H * hd), float("nan"), dtype=dtype)
+    fn(_ptr(qkv), _ptr(cos), _ptr(sin), _ptr(pos), _ptr(c.kp[0]), _ptr(c.vp[0]), _ptr(c.kg[0]), _ptr(c.vg[0]),
+       _ptr(plen), _ptr(t), _ptr(out), S, n, H, Hk, hd, P, M, hd ** -0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2           # bf16: q, k stored rounded; math in float32
+    assert torch.isfinite(out.float()).all()
+    assert (out.double() - ref).abs().max() < tol * max(1.0, ref.abs().max().item())
+    kg_now = c.kg[0].double().permute(0, 1, 2, 3, 5, 4).reshape(S, Hk, n, M, hd)
+    assert (kg_now - kgr).abs().max() < (1e-5 if dtype == torch.float32 else 2e-2)
+    assert torch.equal(c.vg[0].double(), vgr)
+
+
+def test_decode_kernel_fp32_engine_matches_pytorch_path(llama64, tokenizer):
+    """attn_kernel=True on the fp32 path: greedy tokens equal those of the PyTorch path (transformers'
+    arithmetic) with continuous batching over more prompts than slots, and sampled log-probs match a forward."""
+    _kernel_or_skip()
+    prompts = mixed_prompts(9, shared_head=True)
+    ker = make_engine("fast", llama64, tokenizer, dtype="fp32", batch_size=4, attn_kernel=True)
+    ref = make_engine("fast", llama64, tokenizer, dtype="fp32", batch_size=4)
+    assert ker._kern is not None and ref._kern is None
+    greedy = SamplingParams(max_new_tokens=20, temperature=0.0, stop=())
+    assert ids_of(ker.generate(prompts, 1, greedy)) == ids_of(ref.generate(prompts, 1, greedy))
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, stop=(), seed=7)
+    for grp in ker.generate(prompts[:5], 2, params):
+        for c in grp:
+            assert torch.allclose(torch.tensor(c.logprobs), forward_logprobs(llama64, c, 1.0), atol=1e-3)
+
+
+def test_decode_kernel_choice_and_opt_out(llama, llama64, tokenizer, monkeypatch):
+    """bf16 uses the kernel by default, fp32 only when asked; a head dim that is not a multiple of 16 and
+    MEDRLVR_FAST_KERNELS=0 fall back to the PyTorch path and say why."""
+    import medrlvr.fast_rollout as fr
+
+    _kernel_or_skip()
+    assert make_engine("fast", llama64, tokenizer, dtype="bf16")._kern is not None
+    assert make_engine("fast", llama64, tokenizer, dtype="fp32")._kern is None
+    assert make_engine("fast", llama64, tokenizer, dtype="bf16", attn_kernel=False)._kern is None
+    assert make_engine("fast", llama, tokenizer, dtype="fp32", attn_kernel=True)._kern is not None   # head dim 16
+    hd8 = make_tiny_model(vocab_size=len(tokenizer), hidden=32, heads=4, kv_heads=2)            # head dim 8
+    e8 = make_engine("fast", hd8, tokenizer, dtype="bf16", attn_kernel=True)
+    assert e8._kern is None and "head dim 8 is not a multiple of 16" in e8.kernel_note
+    monkeypatch.setattr(fr, "_kernel_state", {})
+    monkeypatch.setenv("MEDRLVR_FAST_KERNELS", "0")
+    off = make_engine("fast", llama64, tokenizer, dtype="bf16")
+    assert off._kern is None and "MEDRLVR_FAST_KERNELS=0" in off.kernel_note
+    out = off.generate(mixed_prompts(2), 2, SamplingParams(max_new_tokens=5, temperature=1.0, stop=(), seed=1))
+    assert all(len(c.token_ids) == 5 for g in out for c in g)
