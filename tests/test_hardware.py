@@ -1,6 +1,7 @@
 """bf16 is chosen only where it is native; the env override wins."""
 
 import pytest
+import torch
 
 from medrlvr import hardware
 from medrlvr.config import build_config
@@ -45,3 +46,27 @@ def test_fast_engine_auto_dtype_follows_the_same_decision(monkeypatch):
     for env, want in (("0", "fp32"), ("1", "bf16")):
         monkeypatch.setenv("MEDRLVR_BF16", env)
         assert auto_dtype(model) == want
+
+
+def test_adamw_fused_where_it_can_run():
+    """Plain CPU float parameters get torch's fused AdamW, which updates them as the default one does; integer
+    tensors, several devices or sharded parameters fall back to the default."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+    b = [torch.nn.Parameter(x.detach().clone()) for x in a]
+    start = [x.detach().clone() for x in a]
+    assert hardware.adamw_kwargs(a) == {"fused": True}
+    assert hardware.adamw_kwargs([{"params": a}, {"params": b}]) == {"fused": True}
+    assert hardware.adamw_kwargs([torch.zeros(3, dtype=torch.long)]) == {}
+    assert hardware.adamw_kwargs([torch.zeros(3, device="meta")]) == {}
+    fused = torch.optim.AdamW(a, lr=1e-2, weight_decay=0.1, **hardware.adamw_kwargs(a))
+    plain = torch.optim.AdamW(b, lr=1e-2, weight_decay=0.1)
+    for step in range(5):
+        g = [torch.randn_like(x) for x in a]
+        for x, y, gx in zip(a, b, g):
+            x.grad, y.grad = gx.clone(), gx.clone()
+        fused.step()
+        plain.step()
+    for x, y, x0 in zip(a, b, start):
+        assert torch.allclose(x, y, atol=1e-6)
+        assert not torch.allclose(x, x0, atol=1e-3)              # the parameters did move

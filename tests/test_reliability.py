@@ -324,6 +324,22 @@ def test_non_finite_weights_stop_training_and_are_never_checkpointed(tokenizer, 
     assert all(torch.isfinite(v).all() for v in load_file(str(ck / "step_1" / "policy" / "model.safetensors")).values())
 
 
+def test_finite_check_names_a_nan_weight_and_ignores_an_overflowing_sum(tokenizer, tmp_path, one_thread):
+    """The weight check sums each tensor first: a NaN is found and named by the exact pass; finite weights whose
+    total overflows to inf do not stop training."""
+    t = _trainer(tmp_path, tokenizer, max_steps=1)
+    assert t.opt.param_groups[0]["fused"] is True            # plain CPU parameters: torch's fused AdamW
+    name, p = next((n, q) for n, q in t.policy.named_parameters() if q.requires_grad and q.dim() == 2)
+    with torch.no_grad():
+        keep = p.view(-1)[:2].clone()
+        p.view(-1)[:2] = 3e38                       # finite, but their sum is inf
+        t._check_finite_weights()
+        p.view(-1)[1] = float("nan")
+        with pytest.raises(FloatingPointError, match=f"weight {name} is not finite"):
+            t._check_finite_weights()
+        p.view(-1)[:2] = keep
+
+
 # -------------------------------------------------------------------------------------- strict JSON
 def test_metrics_are_strict_json_with_a_nonfinite_flag(tokenizer, tmp_path, one_thread):
     def nan_reward(response, rec):

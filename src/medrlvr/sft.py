@@ -32,6 +32,7 @@ import torch
 from .batching import pack, response_logprobs
 from .data import MCQ, load_any
 from .evaluate import encode, evaluate
+from .hardware import adamw_kwargs
 from .models import load_policy
 from .prompts import direct_target, render
 from .fileio import atomic_write_dir
@@ -217,7 +218,7 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, **adamw_kwargs(params))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_ratio * total), cfg.lr_schedule))
     micro = cfg.micro_batch_size or cfg.batch_size
     from tqdm.auto import tqdm
