@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medrlvr.fast_rollout import FastEngine, UnsupportedModelError
 from medrlvr.models import make_tiny_model
@@ -374,3 +375,32 @@ def test_decode_kernel_choice_and_opt_out(llama, llama64, tokenizer, monkeypatch
     assert off._kern is None and "MEDRLVR_FAST_KERNELS=0" in off.kernel_note
     out = off.generate(mixed_prompts(2), 2, SamplingParams(max_new_tokens=5, temperature=1.0, stop=(), seed=1))
     assert all(len(c.token_ids) == 5 for g in out for c in g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,D", [(3, 40), (4096, 48)])
+def test_decode_glue_kernels_match_pytorch(dtype, rows, D):
+    """The fused residual add + RMSNorm and SiLU-gated product against PyTorch in float32: a width with a tail
+    past the 16-wide vectors, few rows (one thread) and many (OpenMP), with and without the residual."""
+    from medrlvr.fast_rollout import _ptr
+
+    lib = _kernel_or_skip()
+    sfx = "f32" if dtype == torch.float32 else "bf16"
+    norm, silu = getattr(lib, f"fr_add_rmsnorm_{sfx}"), getattr(lib, f"fr_silu_mul_{sfx}")
+    g = torch.Generator().manual_seed(rows + D)
+    x, y = (torch.randn(rows, D, generator=g).to(dtype) for _ in range(2))
+    w = (1 + 0.1 * torch.randn(D, generator=g)).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for with_y in (True, False):
+        xk, h = x.clone(), torch.empty_like(x)
+        norm(_ptr(xk), _ptr(y) if with_y else None, _ptr(w), _ptr(h), rows, D, 1e-5)
+        xs = (x + y) if with_y else x                                    # the residual stream, in its dtype
+        assert torch.equal(xk, xs)
+        xf = xs.float()
+        ref = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()
+        assert (h.float() - ref).abs().max() < tol * max(1.0, ref.abs().max().item())
+    gu = torch.randn(rows, 2 * D, generator=g).mul(4).to(dtype)
+    out = torch.empty(rows, D, dtype=dtype)
+    silu(_ptr(gu), _ptr(out), rows, D)
+    ref = F.silu(gu[:, :D].float()) * gu[:, D:].float()
+    assert (out.float() - ref).abs().max() < tol * max(1.0, ref.abs().max().item())

@@ -171,12 +171,15 @@ def _build_kernel() -> ctypes.CDLL:
                 raise RuntimeError(f"kernel build failed: {proc.stderr[-800:]}")
             os.replace(so, out)   # atomic: concurrent builders never load a half-written file
     lib = ctypes.CDLL(str(out))   # torch is loaded first: the library's OpenMP is the one torch uses
-    if lib.fr_abi_version() != 1:
+    if lib.fr_abi_version() != 2:
         raise RuntimeError(f"{out}: unexpected kernel ABI version")
-    args = [ctypes.c_void_p] * 11 + [ctypes.c_int] * 7 + [ctypes.c_float]
-    for name in ("fr_decode_attn_bf16", "fr_decode_attn_f32"):
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None
+    sigs = {"fr_decode_attn": [ctypes.c_void_p] * 11 + [ctypes.c_int] * 7 + [ctypes.c_float],
+            "fr_add_rmsnorm": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2 + [ctypes.c_float],
+            "fr_silu_mul": [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2}
+    for base, args in sigs.items():
+        for sfx in ("bf16", "f32"):
+            fn = getattr(lib, f"{base}_{sfx}")
+            fn.argtypes, fn.restype = args, None
     return lib
 
 
@@ -370,6 +373,7 @@ class FastEngine:
         self.L, self.eps = cfg.num_hidden_layers, float(cfg.rms_norm_eps)
         self.scale = self.hd ** -0.5
         self._kern = None                 # the fused decode-attention function, when used (see _pick_kernel)
+        self._k_norm = self._k_silu = None
         self._pick_kernel(attn_kernel)
         self._thr_cur = 0                 # torch threads in use (see _thread_plan)
         self._thr_base = 0                # torch's thread count when the call started
@@ -396,7 +400,9 @@ class FastEngine:
         if lib is None:
             self.kernel_note = decode_kernel_reason()
             return
-        self._kern = lib.fr_decode_attn_bf16 if self.dtype == torch.bfloat16 else lib.fr_decode_attn_f32
+        sfx = "bf16" if self.dtype == torch.bfloat16 else "f32"
+        self._kern = getattr(lib, f"fr_decode_attn_{sfx}")
+        self._k_norm, self._k_silu = getattr(lib, f"fr_add_rmsnorm_{sfx}"), getattr(lib, f"fr_silu_mul_{sfx}")
 
     # ------------------------------------------------------------------------------- weight snapshot
     @torch.no_grad()
@@ -625,27 +631,34 @@ class FastEngine:
     @torch.no_grad()
     def _decode_kernel(self, tok, pos, t, plen, S, n, cache: _Cache, rows: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_decode_torch` with each layer's attention (RoPE, cache writes, both cache parts, softmax) in
-        one call of the fused kernel."""
+        one call of the fused kernel, and the residual adds + RMSNorms and the SiLU-gated product in one call
+        each (float32 math, one rounding to the storage dtype)."""
         W = self._w
-        H, Hk, hd, B = self.H, self.Hk, self.hd, S * n
+        H, Hk, hd, B, D, I = self.H, self.Hk, self.hd, S * n, self.D, self.I
         pos, t, plen = (v.to(torch.long).contiguous() for v in (pos, t, plen))
         cos32, sin32 = W["cos32"], W["sin32"]
         fixed = (_ptr(cos32), _ptr(sin32), _ptr(pos))
         tail = (_ptr(plen), _ptr(t))
-        x = W["embed"][tok]
+        x = W["embed"][tok].contiguous()
+        h = torch.empty_like(x)
         o = torch.empty(B, H * hd, dtype=self.dtype, device=x.device)
-        for li, Lw in enumerate(W["layers"]):
-            h = self._rms(x, Lw["ln1"])
+        act = torch.empty(B, I, dtype=self.dtype, device=x.device)
+        layers, eps, norm, silu = W["layers"], self.eps, self._k_norm, self._k_silu
+        norm(_ptr(x), None, _ptr(layers[0]["ln1"]), _ptr(h), B, D, eps)
+        for li, Lw in enumerate(layers):
             qkv = Lw["qkv"](h).contiguous()
             self._kern(_ptr(qkv), *fixed, _ptr(cache.kp[li]), _ptr(cache.vp[li]), _ptr(cache.kg[li]),
                        _ptr(cache.vg[li]), *tail, _ptr(o), S, n, H, Hk, hd, cache.P, cache.M, self.scale)
-            x = x + Lw["o"](o)
-            h = self._rms(x, Lw["ln2"])
-            gu = Lw["gu"](h)
-            x = x + Lw["d"](F.silu(gu[:, :self.I]) * gu[:, self.I:])
+            y = Lw["o"](o).contiguous()
+            norm(_ptr(x), _ptr(y), _ptr(Lw["ln2"]), _ptr(h), B, D, eps)        # x += attn; h = rms(x) * ln2
+            gu = Lw["gu"](h).contiguous()
+            silu(_ptr(gu), _ptr(act), B, I)
+            y = Lw["d"](act).contiguous()
+            nxt = layers[li + 1]["ln1"] if li + 1 < self.L else W["norm"]
+            norm(_ptr(x), _ptr(y), _ptr(nxt), _ptr(h), B, D, eps)            # x += mlp; h = rms(x) * next norm
         if rows is not None and len(rows) < B:
-            x = x[rows]
-        return W["head"](self._rms(x, W["norm"]))
+            h = h[rows]
+        return W["head"](h)
 
     # ------------------------------------------------------------------------------------- sampling
     def _sample(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None,
