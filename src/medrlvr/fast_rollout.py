@@ -12,8 +12,9 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
   built on first use with ``g++ -O3 -march=native``, any x86 or Arm CPU; see :func:`decode_kernel`) instead of
   ~25 small PyTorch ops: RoPE, the cache writes, both cache parts, the softmax, all in float32 math over
   bf16 or float32 storage. On by default for bf16, opt-in for fp32 (``attn_kernel=True``); measured side by
-  side (``bench/rollout_throughput.py --kernel-ab``) on a 2-core AMD EPYC (Zen 4, AVX512-BF16): 1.36x the
-  rollout speed of the PyTorch path (median of 4 pairs, 8 x 4 x 128 tokens, bf16). Without a compiler,
+  side (``bench/rollout_throughput.py --kernel-ab``) on a 2-core AMD EPYC (Zen 4, AVX512-BF16): 1.41x the
+  rollout speed of the PyTorch path (median of 4 pairs, 8 x 4 x 128 tokens, bf16; with the fused residual
+  add + RMSNorm and SiLU product below, also in ``csrc/decode_attention.cpp``). Without a compiler,
   with ``MEDRLVR_FAST_KERNELS=0`` or a head dim that is not a multiple of 16, the PyTorch path runs.
   (Earlier whole-layer AVX512-BF16 kernels, removed in issue 16, were 0.74x the PyTorch path on a Xeon:
   their matrix products lost to oneDNN's. The linear layers stay with oneDNN here.)
