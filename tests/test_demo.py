@@ -5,7 +5,12 @@ import json
 from medrlvr.cli import main
 
 
-def test_demo_plumbing_tiny(tmp_path):
+def test_demo_plumbing_tiny(tmp_path, monkeypatch):
+    import medrlvr.train as train_mod
+
+    calls = []
+    real = train_mod.evaluate_policy
+    monkeypatch.setattr(train_mod, "evaluate_policy", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path / "demo"
     rc = main(["demo", "--output", str(out), "--max-steps", "2", "model=tiny", "engine=hf", "eval_limit=4",
                "max_new_tokens=8", "prompts_per_step=2", "samples_per_prompt=2", "micro_batch_size=4",
@@ -31,6 +36,10 @@ def test_demo_plumbing_tiny(tmp_path):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2]      # step 0: the evaluation before training
     assert lines[0]["eval_accuracy"] == s["before"]["accuracy"] and lines[0]["eval_n"] == 4
+    # two greedy passes: before training, and the trainer's at its last step, which the demo reports as "after"
+    assert len(calls) == 2
+    assert lines[-1]["eval_accuracy"] == s["after"]["accuracy"] and lines[-1]["eval_n"] == 4
+    assert not {"correct", "format_ok", "samples"} & set(lines[-1])
 
 
 def test_letter_verdict_names_a_collapse():

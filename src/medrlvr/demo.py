@@ -92,7 +92,9 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     trainer._log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
                                                         "eval_n")})
     history = trainer.train()
-    after = trainer.evaluate(details=True)
+    after = trainer.final_eval                 # the trainer's own evaluation at its last step (same greedy pass)
+    if after is None:
+        after = trainer.evaluate(details=True)
     print(f"[demo] after:  accuracy {after['eval_accuracy']:.3f}, format-valid {after['eval_format_valid']:.3f}")
     name = cfg.eval_data
     for tag, ev in (("eval_before", before), ("eval_after", after)):

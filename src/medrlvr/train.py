@@ -127,6 +127,9 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
     return out
 
 
+_DETAIL_KEYS = ("correct", "format_ok", "samples")   # the per-question parts of evaluate_policy(details=True)
+
+
 def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, batch: int = 32,
                     details: bool = False) -> dict[str, float]:
     """Greedy decoding on held-out questions: accuracy, format-valid rate, mean response length, the
@@ -222,6 +225,7 @@ class Trainer:
         if self.par.sharded:
             self.engine.synced_gpus = True
         self.step = 0
+        self.final_eval: dict | None = None   # the detailed evaluation at max_steps (see train)
         self.skipped_steps = 0
         if resume:
             self._resume()
@@ -603,8 +607,9 @@ class Trainer:
             bar = None
         while self.step < end:
             rec = self.train_step()
-            if self.step == cfg.max_steps:
-                rec.update(self.evaluate())
+            if self.step == cfg.max_steps:   # detailed, kept for callers (the demo reports it, no second pass)
+                self.final_eval = self.evaluate(details=True)
+                rec.update({k: v for k, v in self.final_eval.items() if k not in _DETAIL_KEYS})
             self._log(rec)
             history.append(rec)
             if bar is not None:
