@@ -85,6 +85,11 @@ def _before_think(step):
                     GOLDS[(g + j) % 4]) for g in range(4) for j in range(8)]
 
 
+def _letterless(step):  # well-formed, but the answer names no option letter (a demo run of issue 13)
+    return [_sample(step, g, j, f"<think>{THINKS[j % 3]}</think><answer> yes </answer>", None)
+            for g in range(4) for j in range(8)]
+
+
 CASES = {
     "entropy_collapse": ({"entropy": 0.04}, None),
     "no_learning_signal": ({"zero_var_frac": 1.0}, None),
@@ -94,6 +99,7 @@ CASES = {
     "position_hack": (None, _position),
     "answer_in_think": (None, _answer_in_think),
     "reasoning_before_think": (None, _before_think),
+    "letterless_answers": (None, _letterless),
 }
 
 
@@ -160,6 +166,22 @@ def test_heldout_letter_collapse_while_training_letters_mix():
     assert "letter D in 84% of 32" in a.evidence and a.what == MONITORS["heldout_position"]
     # the share must pass the threshold; the letter being the gold that often, or too few answers, is no hack
     for ev in (_heldout(0.5), _heldout(0.9, gold_share=0.8), _heldout(1.0, answered=5)):
+        metrics, samples = _run()
+        metrics[6].update(ev)
+        assert replay(metrics, samples) == [], ev
+
+
+def test_heldout_letterless_answers():
+    """Well-formed greedy held-out answers that name no letter (format-valid 1.000, no letter in 32 of 32: a demo
+    run of issue 13) raise ``heldout_letterless`` at that evaluation; a model that has not learned the format
+    yet, or whose well-formed answers mostly name a letter, does not."""
+    metrics, samples = _run()
+    metrics[3].update(eval_format_valid=0.5, eval_answered=0.4)     # 80% of the well-formed name a letter
+    metrics[9].update(eval_format_valid=1.0, eval_answered=0.0)
+    (a,) = replay(metrics, samples)
+    assert (a.monitor, a.onset_step, a.raised_step, a.active) == ("heldout_letterless", 9, 9, True)
+    assert "only 0% name an option letter" in a.evidence and a.what == MONITORS["heldout_letterless"]
+    for ev in ({"eval_format_valid": 0.1, "eval_answered": 0.0}, {"eval_format_valid": 1.0, "eval_answered": 0.5}):
         metrics, samples = _run()
         metrics[6].update(ev)
         assert replay(metrics, samples) == [], ev

@@ -40,11 +40,19 @@ Monitors (thresholds: :class:`MonitorConfig`):
     ``position_gold_share_max`` of them. Training samples are drawn at temperature 1 and can still mix
     letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
     30-63% for the top letter in training, 81-100% held out), so ``position_hack`` alone misses it.
+``letterless_answers``
+    at least ``letterless_rate`` of a step's samples are well-formed but name no option letter
+    (``<answer> yes </answer>``): the format is learned, the task is not (a demo run of issue 13 ended with
+    format-valid 1.000 and no letter in any of 32 held-out answers, with no other alert).
+``heldout_letterless``
+    at a step with a held-out evaluation: at least ``gap_min_format_valid`` of the answers are well-formed,
+    but fewer than ``heldout_answered_min`` of the well-formed ones name a letter
+    (``eval_answered / eval_format_valid``).
 
 Onset rule: a monitor is *past* its threshold at a step where it can be measured; its alert is
-raised when it has been past for ``k`` consecutive measured steps (``k_eval`` for
-``train_heldout_gap`` and ``heldout_position``, measured only at evaluations), and the alert's ``onset_step`` is the first
-of them. Steps where a monitor cannot be measured (no samples written, no ``kl`` logged) neither
+raised when it has been past for ``k`` consecutive measured steps (``k_eval`` for ``train_heldout_gap``,
+``heldout_position`` and ``heldout_letterless``, measured only at evaluations), and the alert's
+``onset_step`` is the first of them. Steps where a monitor cannot be measured (no samples written, no ``kl`` logged) neither
 extend nor break its run. One alert per monitor per run; ``active`` says whether it was still past
 its threshold at the last measured step.
 
@@ -82,8 +90,13 @@ MONITORS: dict[str, str] = {
     "kl_blowup": "the policy drifted far from the reference (KL blow-up)",
     "train_heldout_gap": "training accuracy rises while held-out accuracy stays flat",
     "heldout_position": "greedy held-out answers name one option letter for most questions (a position, not an answer)",
+    "letterless_answers": "well-formed answers name no option letter: the format is learned, the task is not",
+    "heldout_letterless": "greedy held-out answers are well-formed but most name no option letter",
 }
 """Monitor names mapped to what their alert means."""
+
+_EVAL_MONITORS = ("train_heldout_gap", "heldout_position", "heldout_letterless")
+"""Measured only at held-out evaluations: their onset rule uses ``k_eval``."""
 
 ADVICE: dict[str, str] = {
     "entropy_collapse": "add an entropy bonus (entropy_coef) or a KL term (kl_coef), lower lr, raise temperature",
@@ -99,6 +112,9 @@ ADVICE: dict[str, str] = {
     "train_heldout_gap": "the gains do not transfer: more/other training data, fewer steps, evaluate more often",
     "heldout_position": "a model without the knowledge turns a mild letter preference into one greedy letter: add "
                         "entropy_coef, use group_orders, train longer at a lower lr, or use a model that knows the domain",
+    "letterless_answers": "score a letterless answer below a wrong letter (reward_no_letter, e.g. -0.5 in the shaped "
+                          "scheme), check that the prompt lists the options with letters, or try another seed",
+    "heldout_letterless": "see letterless_answers; evaluate more often (eval_every) to see when letters were lost",
 }
 """What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
 
@@ -109,8 +125,8 @@ class MonitorConfig:
 
     Attributes:
         k: consecutive measured steps past a threshold before an alert is raised (default 3).
-        k_eval: the same for ``train_heldout_gap`` and ``heldout_position``, measured only at held-out
-            evaluations (default 1).
+        k_eval: the same for ``train_heldout_gap``, ``heldout_position`` and ``heldout_letterless``, measured
+            only at held-out evaluations (default 1).
         baseline_steps: steps averaged for the start-of-run baselines (length, training accuracy)
             and for the recent training accuracy (default 3).
         entropy_min: ``entropy_collapse`` when the mean token entropy is below this, nats per
@@ -139,6 +155,10 @@ class MonitorConfig:
         heldout_top_share: ``heldout_position`` when one letter has more than this share of the
             held-out answers naming a letter (default 0.5, the demo's criterion in issue 13); it uses
             ``position_gold_share_max`` and ``position_min_answered`` as ``position_hack`` does.
+        letterless_rate: ``letterless_answers`` when at least this share of a step's samples are
+            well-formed answers naming no option letter (default 0.5).
+        heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
+            answers name a letter (default 0.5), with at least ``gap_min_format_valid`` of them well-formed.
     """
 
     k: int = 3
@@ -159,6 +179,8 @@ class MonitorConfig:
     gap_heldout_gain_max: float = 0.02
     gap_min_format_valid: float = 0.25
     heldout_top_share: float = 0.5
+    letterless_rate: float = 0.5
+    heldout_answered_min: float = 0.5
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
@@ -206,6 +228,15 @@ def _num(v: Any) -> float | None:
         return None
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def _letter(s: Mapping[str, Any], f: Mapping[str, Any]) -> str | None:
+    """The option letter a sample row named: the reward's ``pred``, else the one parsed from a well-formed
+    response (as :func:`medrlvr.analysis.stages.letter_distribution` reads it)."""
+    from .analysis.stages import LETTERS
+
+    p = s.get("pred") or (f.get("pred") if f.get("format_ok") else None)
+    return p if isinstance(p, str) and len(p) == 1 and p in LETTERS else None
 
 
 def _example(s: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,6 +315,13 @@ class Monitor:
                 hs > c.heldout_top_share and gs <= c.position_gold_share_max, hs, c.heldout_top_share,
                 f"held-out (greedy): letter {top} in {hs:.0%} of {hk:.0f} answers (> {c.heldout_top_share:.0%}) but "
                 f"gold in {gs:.0%} of them (<= {c.position_gold_share_max:.0%})", None)
+        ans, efv = _num(rec.get("eval_answered")), _num(rec.get("eval_format_valid"))
+        if ans is not None and efv is not None and efv >= c.gap_min_format_valid:
+            share = min(1.0, ans / efv)
+            out["heldout_letterless"] = (
+                share < c.heldout_answered_min, share, c.heldout_answered_min,
+                f"held-out (greedy): {efv:.0%} of answers well-formed, but only {ans:.0%} name an option letter "
+                f"({share:.0%} of the well-formed, < {c.heldout_answered_min:.0%})", None)
         if samples:
             out.update(self._measure_samples(samples))
         return out
@@ -302,6 +340,12 @@ class Monitor:
             out[name] = (r >= rate_thr, r, rate_thr,
                          f"{len(hits)} of {n} samples ({r:.0%}) flagged {name} (>= {rate_thr:.0%})",
                          [_example(s) for s in hits[:2]])
+        bare = [s for s, f in zip(samples, feats)   # template echoes have their own monitor
+                if f.get("format_ok") and not _letter(s, f) and "template_echo" not in f["flags"]]
+        r = len(bare) / n
+        out["letterless_answers"] = (r >= c.letterless_rate, r, c.letterless_rate,
+                                     f"{len(bare)} of {n} samples ({r:.0%}) are well-formed answers naming no option "
+                                     f"letter (>= {c.letterless_rate:.0%})", [_example(s) for s in bare[:2]])
         ld = letter_distribution(samples, feats)
         if len(ld) == 1:
             (d,) = ld.values()
@@ -333,7 +377,7 @@ class Monitor:
                 run.clear()
                 continue
             run.append((step, value, evidence, ex or []))
-            k = self.cfg.k_eval if name in ("train_heldout_gap", "heldout_position") else self.cfg.k
+            k = self.cfg.k_eval if name in _EVAL_MONITORS else self.cfg.k
             if len(run) >= k:
                 onset = run[0]
                 examples = next((e for _, _, _, e in run if e), [])[:2]
