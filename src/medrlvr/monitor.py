@@ -41,7 +41,7 @@ Monitors (thresholds: :class:`MonitorConfig`):
     letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
     30-63% for the top letter in training, 81-100% held out), so ``position_hack`` alone misses it.
 ``letterless_answers``
-    at least ``letterless_rate`` of a step's samples are well-formed but name no option letter
+    at least ``letterless_rate`` (0.75) of a step's samples are well-formed but name no option letter
     (``<answer> yes </answer>``): the format is learned, the task is not (a demo run of issue 13 ended with
     format-valid 1.000 and no letter in any of 32 held-out answers, with no other alert).
 ``heldout_letterless``
@@ -156,7 +156,10 @@ class MonitorConfig:
             held-out answers naming a letter (default 0.5, the demo's criterion in issue 13); it uses
             ``position_gold_share_max`` and ``position_min_answered`` as ``position_hack`` does.
         letterless_rate: ``letterless_answers`` when at least this share of a step's samples are
-            well-formed answers naming no option letter (default 0.5).
+            well-formed answers naming no option letter (default 0.75). Learning the format before the
+            letters is a normal phase: in the six demo runs of issue 13 measured with the fused engine, the
+            runs that went on to name letters peaked at 0.5-0.81 for one to five steps, the two that ended
+            letterless stayed at 0.72-0.94 from step 4-6 on; 0.5 alerted on two runs that recovered.
         heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
             answers name a letter (default 0.5), with at least ``gap_min_format_valid`` of them well-formed.
     """
@@ -179,7 +182,7 @@ class MonitorConfig:
     gap_heldout_gain_max: float = 0.02
     gap_min_format_valid: float = 0.25
     heldout_top_share: float = 0.5
-    letterless_rate: float = 0.5
+    letterless_rate: float = 0.75
     heldout_answered_min: float = 0.5
 
     def __post_init__(self) -> None:
