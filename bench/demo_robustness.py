@@ -9,13 +9,15 @@ a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CP
 
 Usage::
 
-    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N] [KEY=VALUE ...]
+    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N]
+                                    [--keep-weights] [KEY=VALUE ...]
 
 ``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
 bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
 to ``OUT/results.jsonl`` as each run ends (a run already there is not repeated, so the script can be
-restarted), and the table of every run in ``OUT`` is written to ``OUT/table.md``. Wall times depend on the machine's load:
-say what else ran.
+restarted), and the table of every run in ``OUT`` is written to ``OUT/table.md``. Each run's weights
+(checkpoint and final model, ~2.1 GB) are deleted once its summary is read, unless ``--keep-weights``. Wall
+times depend on the machine's load: say what else ran.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ CRITERIA = (
     ("alerts", "no alert at the end", lambda a, s: not [x for x in s["alerts"] if x.get("active")]),
 )
 
+
+
+def drop_weights(d: Path) -> None:
+    """Delete a finished run's weights: its checkpoint (1.6 GB for SmolLM2-135M: fp32 policy + AdamW state) and
+    final model (517 MB). Nine runs kept filled a 100 GB disk quota; the table needs only the summaries."""
+    import shutil
+
+    for sub in ("checkpoints", "final"):
+        shutil.rmtree(d / sub, ignore_errors=True)
 
 
 def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0) -> dict:
@@ -102,6 +113,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP_NUM_THREADS of each run (0: torch's default). Two scripts with --threads 1 and "
                          "disjoint --seeds can share one --out on 2 cores (their wall times then say so)")
+    ap.add_argument("--keep-weights", action="store_true",
+                    help="keep each run's checkpoint and final model (~2.1 GB a run); by default they are deleted "
+                         "once the run's summary is read")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
     a = ap.parse_args()
     if a.threads < 0:
@@ -125,6 +139,8 @@ def main() -> int:
             if key not in done:
                 print(f"[robustness] {path} seed {seed} ...", flush=True)
                 done[key] = run_one(path, seed, out, a.overrides, a.threads)
+                if not a.keep_weights:
+                    drop_weights(Path(done[key]["dir"]))
                 with open(res, "a") as f:
                     f.write(json.dumps(done[key]) + "\n")
                 print(table([done[key]]).splitlines()[-1], flush=True)
