@@ -233,15 +233,6 @@ def _num(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _letter(s: Mapping[str, Any], f: Mapping[str, Any]) -> str | None:
-    """The option letter a sample row named: the reward's ``pred``, else the one parsed from a well-formed
-    response (as :func:`medrlvr.analysis.stages.letter_distribution` reads it)."""
-    from .analysis.stages import LETTERS
-
-    p = s.get("pred") or (f.get("pred") if f.get("format_ok") else None)
-    return p if isinstance(p, str) and len(p) == 1 and p in LETTERS else None
-
-
 def _example(s: Mapping[str, Any]) -> dict[str, Any]:
     from .analysis.stages import sample_response
 
@@ -330,7 +321,7 @@ class Monitor:
         return out
 
     def _measure_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
-        from .analysis.stages import letter_distribution, sample_features
+        from .analysis.stages import letter_distribution, sample_features, sample_letter
 
         c = self.cfg
         out: dict[str, tuple] = {}
@@ -344,7 +335,7 @@ class Monitor:
                          f"{len(hits)} of {n} samples ({r:.0%}) flagged {name} (>= {rate_thr:.0%})",
                          [_example(s) for s in hits[:2]])
         bare = [s for s, f in zip(samples, feats)   # template echoes have their own monitor
-                if f.get("format_ok") and not _letter(s, f) and "template_echo" not in f["flags"]]
+                if f.get("format_ok") and not sample_letter(s, f) and "template_echo" not in f["flags"]]
         r = len(bare) / n
         out["letterless_answers"] = (r >= c.letterless_rate, r, c.letterless_rate,
                                      f"{len(bare)} of {n} samples ({r:.0%}) are well-formed answers naming no option "
@@ -355,8 +346,7 @@ class Monitor:
             top, share, gshare, k = d["top"], d["top_share"], d["gold_top_share"], d["answered"]
             if k >= c.position_min_answered and top:
                 past = share >= c.position_top_share and gshare <= c.position_gold_share_max
-                ex = [_example(s) for s, f in zip(samples, feats)
-                      if (s.get("pred") or (f.get("pred") if f.get("format_ok") else None)) == top][:2]
+                ex = [_example(s) for s, f in zip(samples, feats) if sample_letter(s, f) == top][:2]
                 out["position_hack"] = (past, share, c.position_top_share,
                                         f"letter {top} in {share:.0%} of {k} answers (>= {c.position_top_share:.0%}) "
                                         f"but gold in {gshare:.0%} of them (<= {c.position_gold_share_max:.0%})", ex)

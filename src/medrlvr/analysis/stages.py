@@ -853,6 +853,19 @@ def segments(response: str, prefill: str = THINK_OPEN) -> list[tuple[str, str]]:
     return out
 
 
+def _letter(x: Any) -> str | None:
+    return x if isinstance(x, str) and len(x) == 1 and x in LETTERS else None
+
+
+def sample_letter(sample: Mapping[str, Any], feats: Mapping[str, Any] | None = None) -> str | None:
+    """The option letter a ``samples.jsonl`` row named: its recorded ``pred`` (what the reward scored) or,
+    without one, the letter :func:`features` parsed from a well-formed response (``feats``); else ``None``."""
+    pred = _letter(sample.get("pred"))
+    if pred is None and feats is not None and feats.get("format_ok"):
+        pred = _letter(feats.get("pred"))
+    return pred
+
+
 def letter_distribution(
     samples: Iterable[Mapping[str, Any]],
     feats: list[Mapping[str, Any]] | None = None,
@@ -875,22 +888,17 @@ def letter_distribution(
     samples = list(samples)
     if feats is not None and len(feats) != len(samples):
         raise ValueError(f"got {len(feats)} feature dicts for {len(samples)} samples")
-    def letter(x: Any) -> str | None:
-        return x if isinstance(x, str) and len(x) == 1 and x in LETTERS else None
-
     totals: Counter[int] = Counter()
     preds: dict[int, Counter[str]] = defaultdict(Counter)
     golds: dict[int, Counter[str]] = defaultdict(Counter)
     for i, s in enumerate(samples):
         step = _step_of(s)
         totals[step] += 1
-        pred = letter(s.get("pred"))
-        if pred is None and feats is not None and feats[i].get("format_ok"):
-            pred = letter(feats[i].get("pred"))
+        pred = sample_letter(s, feats[i] if feats is not None else None)
         if pred is None:
             continue
         preds[step][pred] += 1
-        gold = letter(s.get("gold"))
+        gold = _letter(s.get("gold"))
         if gold is not None:
             golds[step][gold] += 1
     out: dict[int, dict[str, Any]] = {}
