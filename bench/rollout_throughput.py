@@ -47,7 +47,6 @@ from benchlib import default_data_root, engine_dtype, fixed_params, medqa_prompt
 
 import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
 from medrlvr import roofline
-from medrlvr.fast_rollout import decode_kernel_reason
 from medrlvr.models import load_policy
 from medrlvr.prompts import render
 from medrlvr.rollout import SamplingParams, make_engine
@@ -109,9 +108,8 @@ def main() -> None:
 
     fast = make_engine("fast", model, tok, dtype=args.dtype, batch_size=args.batch_size, attn_kernel=kern)
     edt = engine_dtype(fast)
-    why = decode_kernel_reason()
-    print(f"fused decode-attention kernel: {'in use' if fast._kern is not None else 'not used'}"
-          f"{' (' + (fast.kernel_note or why) + ')' if fast._kern is None else ''}", flush=True)
+    print(f"fused decode-attention kernel: "
+          f"{'in use' if fast._kern is not None else 'not used (' + fast.kernel_note + ')'}", flush=True)
     decode_rows = sorted({min(args.batch_size, len(prompts) * args.n)} | set(rows_list))
     t0 = time.perf_counter()
     mach = roofline.measure(shape, decode_rows + [round(sum(all_plens) / len(all_plens))], edt)

@@ -142,15 +142,9 @@ _kernel_lock = threading.Lock()
 
 def _cpu_key() -> str:
     """The machine and its CPU flags: a library built with ``-march=native`` is only reused on the same CPU."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{flags}"
+    from .hardware import cpu_flags
+
+    return f"{platform.machine()}|{' '.join(sorted(cpu_flags()))}"
 
 
 def _build_kernel() -> ctypes.CDLL:
@@ -284,13 +278,10 @@ class _Cache:
     def write_prompt(self, li: int, s: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: (Hk, P, hd) of the prompt in slot s, layer li."""
         Hk, P, hd = k.shape
-        if self.blocked:
+        if self.blocked:   # keys past the prompt in its last block are zeros: scored with the block, then ignored
             nb = -(-P // 16)
-            kb = self.kp[li, s, :, :nb]                       # (Hk, nb, hd, 16)
-            full = P // 16
-            kb[:, :full] = k[:, :full * 16].view(Hk, full, 16, hd).transpose(-1, -2)
-            if full < nb:                                     # the last, partial block
-                kb[:, full, :, :P - full * 16] = k[:, full * 16:].transpose(-1, -2)
+            kpad = F.pad(k, (0, 0, 0, nb * 16 - P))
+            self.kp[li, s, :, :nb] = kpad.view(Hk, nb, 16, hd).transpose(-1, -2)
         else:
             self.kp[li, s, :, :, :P] = k.transpose(-1, -2)
         self.vp[li, s, :, :P] = v

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -77,6 +78,18 @@ void rope(const T* x, const float* c, const float* s, int hd, float mul, float* 
     }
 }
 
+// f(std::integral_constant<int, N>{}) for the N in 1..MAX equal to n (nothing for n outside it): a run-time
+// count (the rows left after the full register blocks) as a template argument.
+template <int MAX, typename F>
+inline void with_const(int n, F&& f) {
+    if constexpr (MAX > 0) {
+        if (n == MAX)
+            f(std::integral_constant<int, MAX>{});
+        else
+            with_const<MAX - 1>(n, f);
+    }
+}
+
 // sc[i][p] = q[i] . k[p] for QB queries (rows of q, length hd) and keys p in [0, len16) (a multiple of 16),
 // keys stored in blocks of 16 (kb[p / 16][d][p % 16]: each block one contiguous read). The QB x 16 scores of
 // a block stay in registers.
@@ -98,18 +111,9 @@ template <typename T>
 void qk(const float* q, int nq, int hd, const T* kb, int len16, float* sc, int ldsc) {
     int i = 0;
     for (; i + 8 <= nq; i += 8) qk_block<8>(q + (size_t)i * hd, hd, kb, len16, sc + (size_t)i * ldsc, ldsc);
-    const float* qq = q + (size_t)i * hd;
-    float* ss = sc + (size_t)i * ldsc;
-    switch (nq - i) {
-        case 7: qk_block<7>(qq, hd, kb, len16, ss, ldsc); break;
-        case 6: qk_block<6>(qq, hd, kb, len16, ss, ldsc); break;
-        case 5: qk_block<5>(qq, hd, kb, len16, ss, ldsc); break;
-        case 4: qk_block<4>(qq, hd, kb, len16, ss, ldsc); break;
-        case 3: qk_block<3>(qq, hd, kb, len16, ss, ldsc); break;
-        case 2: qk_block<2>(qq, hd, kb, len16, ss, ldsc); break;
-        case 1: qk_block<1>(qq, hd, kb, len16, ss, ldsc); break;
-        default: break;
-    }
+    with_const<7>(nq - i, [&](auto qb) {
+        qk_block<decltype(qb)::value>(q + (size_t)i * hd, hd, kb, len16, sc + (size_t)i * ldsc, ldsc);
+    });
 }
 
 // o[i][d0 + 16 DV) += sum_p w[i][p] v[p][d0 ...] for QB weight rows and len values (rows of v, stride hd).
@@ -134,27 +138,16 @@ template <int QB, typename T>
 void pv_rows(const float* w, int ldw, const T* v, int hd, int len, float* o) {
     int d0 = 0;
     for (; d0 + 64 <= hd; d0 += 64) pv_block<QB, 4>(w, ldw, v, hd, d0, len, o);
-    switch ((hd - d0) / 16) {
-        case 3: pv_block<QB, 3>(w, ldw, v, hd, d0, len, o); break;
-        case 2: pv_block<QB, 2>(w, ldw, v, hd, d0, len, o); break;
-        case 1: pv_block<QB, 1>(w, ldw, v, hd, d0, len, o); break;
-        default: break;
-    }
+    with_const<3>((hd - d0) / 16, [&](auto dv) { pv_block<QB, decltype(dv)::value>(w, ldw, v, hd, d0, len, o); });
 }
 
 template <typename T>
 void pv(const float* w, int nq, int ldw, const T* v, int hd, int len, float* o) {
     int i = 0;
     for (; i + 5 <= nq; i += 5) pv_rows<5>(w + (size_t)i * ldw, ldw, v, hd, len, o + (size_t)i * hd);
-    const float* ww = w + (size_t)i * ldw;
-    float* oo = o + (size_t)i * hd;
-    switch (nq - i) {
-        case 4: pv_rows<4>(ww, ldw, v, hd, len, oo); break;
-        case 3: pv_rows<3>(ww, ldw, v, hd, len, oo); break;
-        case 2: pv_rows<2>(ww, ldw, v, hd, len, oo); break;
-        case 1: pv_rows<1>(ww, ldw, v, hd, len, oo); break;
-        default: break;
-    }
+    with_const<4>(nq - i, [&](auto qb) {
+        pv_rows<decltype(qb)::value>(w + (size_t)i * ldw, ldw, v, hd, len, o + (size_t)i * hd);
+    });
 }
 
 // exp(x - max) in place over [0, len) and 1 / their sum
