@@ -43,3 +43,47 @@ def test_distinct_prompts_use_the_plain_path():
     _, tok = load_policy("tiny", seed=3)
     b = pack([[1, 2], [3, 4]], [[5], [6]], tok.pad_token_id, share_prompt=True)
     assert b.share_prompt is False   # nothing to share: one padded forward is cheaper
+
+
+def _naive(model, b, temperature):
+    """Full-sequence logits, log-softmax and entropy at every position, gathered: the reference."""
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float() / temperature
+    idx = b.gather_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    z = torch.gather(logits, 1, idx)
+    logp = torch.log_softmax(z, -1)
+    lp = torch.gather(logp, -1, b.labels.unsqueeze(-1)).squeeze(-1) * b.response_mask
+    ent = -(logp.exp() * logp).sum(-1) * b.response_mask
+    return lp, ent
+
+
+def test_head_on_real_tokens_only_matches_the_full_logits_reference():
+    """Only real response positions go through the LM head; the result (and its gradient, padding at 0) is
+    that of the full logits tensor, for chunks smaller than the batch's real tokens too."""
+    model, tok = load_policy("tiny", seed=5)
+    model.train()
+    prompts, resps = _rows(1)
+    b = pack(prompts, resps, tok.pad_token_id, share_prompt=False)
+    model.zero_grad(set_to_none=True)
+    lp_ref, ent_ref = _naive(model, b, 0.8)
+    (lp_ref.sum() + 0.3 * ent_ref.sum()).backward()
+    g_ref = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    lp, ent = response_logprobs(model, b, temperature=0.8, with_entropy=True, chunk=2, entropy_grad=True)
+    assert lp.shape == b.labels.shape and ent.shape == b.labels.shape
+    assert float((lp - lp_ref).detach().abs().max()) < 1e-5
+    assert float((ent - ent_ref).detach().abs().max()) < 1e-4
+    assert float((lp.detach() * (1 - b.response_mask)).abs().max()) == 0.0     # padding stays 0
+    (lp.sum() + 0.3 * ent.sum()).backward()
+    g = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert g.keys() == g_ref.keys()
+    worst = max(float((g[k] - g_ref[k]).abs().max() / (g_ref[k].abs().max() + 1e-8)) for k in g)
+    assert worst < 1e-4, worst
+
+
+def test_batch_without_response_tokens_gives_zeros_and_a_graph():
+    model, tok = load_policy("tiny", seed=5)
+    for share in (False, True):
+        b = pack([[4, 5, 6], [4, 5, 6]], [[], []], tok.pad_token_id, share_prompt=share)
+        lp, ent = response_logprobs(model, b, with_entropy=True)
+        assert lp.shape == (2, 1) and float(lp.detach().abs().sum()) == 0.0 and float(ent.detach().abs().sum()) == 0.0
+        lp.sum().backward()   # a loss over no tokens still back-propagates (to zero gradients)

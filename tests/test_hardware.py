@@ -70,3 +70,40 @@ def test_adamw_fused_where_it_can_run():
     for x, y, x0 in zip(a, b, start):
         assert torch.allclose(x, y, atol=1e-6)
         assert not torch.allclose(x, x0, atol=1e-3)              # the parameters did move
+
+
+def test_training_attention_is_eager_on_cpu_with_an_override(tmp_path, monkeypatch):
+    from medrlvr.train import Trainer
+
+    monkeypatch.delenv("MEDRLVR_TRAIN_ATTN", raising=False)
+    assert hardware.train_attn_implementation("cpu") == "eager"
+    assert hardware.train_attn_implementation("cuda") is None      # GPUs keep SDPA / flash
+    cfg = build_config("tiny", {"max_steps": 1, "eval_limit": 1})
+    assert Trainer(cfg, tmp_path / "a", quiet=True).policy.config._attn_implementation == "eager"
+    monkeypatch.setenv("MEDRLVR_TRAIN_ATTN", "sdpa")
+    assert Trainer(cfg, tmp_path / "b", quiet=True).policy.config._attn_implementation == "sdpa"
+    monkeypatch.setenv("MEDRLVR_TRAIN_ATTN", "flash")
+    with pytest.raises(ValueError, match="MEDRLVR_TRAIN_ATTN='flash'"):
+        hardware.train_attn_implementation("cpu")
+
+
+def test_eager_and_sdpa_training_forwards_agree():
+    """The choice is a speed path: in fp32 both give the same log-probs and gradients (padding mask included)."""
+    from medrlvr.batching import pack, response_logprobs
+    from medrlvr.models import load_policy
+
+    model, tok = load_policy("tiny", seed=2)
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 8], [9, 10]]
+    resps = [[11, 12, 13], [14], [15, 16]]
+    out = {}
+    for impl in ("sdpa", "eager"):
+        hardware.set_attn_implementation(model, impl)
+        for share in (False, True):
+            model.zero_grad(set_to_none=True)
+            lp, _ = response_logprobs(model, pack(prompts, resps, tok.pad_token_id, share_prompt=share))
+            lp.sum().backward()
+            out[impl, share] = (lp.detach(), model.get_input_embeddings().weight.grad.clone())
+    for share in (False, True):
+        (a, ga), (b, gb) = out["sdpa", share], out["eager", share]
+        assert float((a - b).abs().max()) < 1e-5
+        assert float((ga - gb).abs().max()) < 1e-5 * float(ga.abs().max())

@@ -47,7 +47,7 @@ from .analysis.stages import heldout_letter_metrics
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
-from .hardware import adamw_kwargs, fast_bf16
+from .hardware import adamw_kwargs, fast_bf16, set_attn_implementation, train_attn_implementation
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
 from .reward import RewardConfig, join_prefill, score
@@ -203,6 +203,7 @@ class Trainer:
         self.policy = model
         self.policy.train()
         dev = next(self.policy.parameters()).device
+        set_attn_implementation(model, train_attn_implementation(dev))  # before the reference/critic copies
         ab = cfg.autocast_bf16
         self.use_autocast = fast_bf16(dev) if ab == "auto" else bool(ab)
         self.ref = make_reference(model) if cfg.kl_coef > 0 else None
