@@ -1,8 +1,10 @@
 """The shared-prompt forward (one prompt pass per GRPO group) equals the padded full-row forward."""
 
+import pytest
 import torch
 
-from medrlvr.batching import pack, response_logprobs
+from medrlvr import batching
+from medrlvr.batching import pack, plan_buckets, response_logprobs
 from medrlvr.models import load_policy
 
 
@@ -16,7 +18,9 @@ def _rows(seed=0):
     return prompts, resps
 
 
-def test_shared_prompt_equals_full_forward_values_and_grads():
+@pytest.mark.parametrize("overhead", [0, 32, 10_000])   # a bucket per length, the default, one bucket per group
+def test_shared_prompt_equals_full_forward_values_and_grads(overhead, monkeypatch):
+    monkeypatch.setattr(batching, "BUCKET_OVERHEAD", overhead)
     model, tok = load_policy("tiny", seed=3)
     model.train()
     prompts, resps = _rows()
@@ -87,3 +91,19 @@ def test_batch_without_response_tokens_gives_zeros_and_a_graph():
         lp, ent = response_logprobs(model, b, with_entropy=True)
         assert lp.shape == (2, 1) and float(lp.detach().abs().sum()) == 0.0 and float(ent.detach().abs().sum()) == 0.0
         lp.sum().backward()   # a loss over no tokens still back-propagates (to zero gradients)
+
+
+def test_plan_buckets():
+    assert plan_buckets([127, 127, 9, 21], overhead=32) == [[0, 1], [3, 2]]   # 2 x 127 + 2 x 21 + 32 < 4 x 127
+    assert plan_buckets([127, 120, 9, 21], overhead=32) == [[0, 1], [3, 2]]
+    assert plan_buckets([127, 120, 115, 110], overhead=32) == [[0, 1, 2, 3]]  # 254 + 230 + 32 > 508
+    assert plan_buckets([5, 0, 3, 0], overhead=0) == [[0], [2]]               # empty rows run nothing
+    assert plan_buckets([0, 0]) == [] and plan_buckets([]) == []
+    lens = [40, 3, 17, 17, 90, 1, 60, 5]
+    for oh in (0, 8, 32, 1000):
+        runs = plan_buckets(lens, overhead=oh)
+        assert sorted(i for r in runs for i in r) == list(range(8))          # every row exactly once
+        cost = sum(len(r) * max(lens[i] for i in r) for r in runs) + oh * (len(runs) - 1)
+        assert cost <= 8 * 90                                                 # never worse than one padded forward
+    assert len(plan_buckets(lens, overhead=0)) == len(set(lens))             # free forwards: one per distinct length
+    assert len(plan_buckets(lens, overhead=1000)) == 1
