@@ -90,6 +90,10 @@ def _letterless(step):  # well-formed, but the answer names no option letter (a 
             for g in range(4) for j in range(8)]
 
 
+def _empty(step):  # every tag, nothing inside: the shaped scheme's partial credit (a run of issue 13)
+    return [_sample(step, g, j, "<think> </think><answer> </answer>", None) for g in range(4) for j in range(8)]
+
+
 CASES = {
     "entropy_collapse": ({"entropy": 0.04}, None),
     "no_learning_signal": ({"zero_var_frac": 1.0}, None),
@@ -100,6 +104,7 @@ CASES = {
     "answer_in_think": (None, _answer_in_think),
     "reasoning_before_think": (None, _before_think),
     "letterless_answers": (None, _letterless),
+    "empty_answers": (None, _empty),
 }
 
 

@@ -44,6 +44,11 @@ Monitors (thresholds: :class:`MonitorConfig`):
     at least ``letterless_rate`` (0.75) of a step's samples are well-formed but name no option letter
     (``<answer> yes </answer>``): the format is learned, the task is not (a demo run of issue 13 ended with
     format-valid 1.000 and no letter in any of 32 held-out answers, with no other alert).
+``empty_answers``
+    at least ``empty_answer_rate`` (0.5) of a step's samples close an ``<answer>`` block with nothing in
+    it (``<think> </think><answer> </answer>``): the ``shaped`` scheme credits each tag reached, so empty
+    tags earn its best bad-format score with no content at all (a run of issue 13 with a prompt variant
+    settled there, at -0.7 a sample, from step 10: format-valid 0.000 after 12 steps, with no other alert).
 ``heldout_letterless``
     at a step with a held-out evaluation: at least ``gap_min_format_valid`` of the answers are well-formed,
     but fewer than ``heldout_answered_min`` of the well-formed ones name a letter
@@ -92,6 +97,7 @@ MONITORS: dict[str, str] = {
     "heldout_position": "greedy held-out answers name one option letter for most questions (a position, not an answer)",
     "letterless_answers": "well-formed answers name no option letter: the format is learned, the task is not",
     "heldout_letterless": "greedy held-out answers are well-formed but most name no option letter",
+    "empty_answers": "samples close empty <think>/<answer> tags: the format's partial credit without content",
 }
 """Monitor names mapped to what their alert means."""
 
@@ -115,6 +121,8 @@ ADVICE: dict[str, str] = {
     "letterless_answers": "score a letterless answer below a wrong letter (reward_no_letter, e.g. -0.5 in the shaped "
                           "scheme), check that the prompt lists the options with letters, or try another seed",
     "heldout_letterless": "see letterless_answers; evaluate more often (eval_every) to see when letters were lost",
+    "empty_answers": "the shaped scheme's tag credit is being farmed: lower reward_format_step (less credit per "
+                     "tag), penalise empty_think (reward_scheme=composite), lower lr, or try another seed",
 }
 """What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
 
@@ -162,6 +170,10 @@ class MonitorConfig:
             letterless stayed at 0.72-0.94 from step 4-6 on; 0.5 alerted on two runs that recovered.
         heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
             answers name a letter (default 0.5), with at least ``gap_min_format_valid`` of them well-formed.
+        empty_answer_rate: ``empty_answers`` when at least this share of a step's samples have an
+            ``<answer>`` block with no word in it (default 0.5; the run of issue 13 that settled there had
+            0.66-0.88 at steps 10-12; the 37 earlier CPU demo runs of issue 13 kept under runs/ at most
+            0.31 at any step).
     """
 
     k: int = 3
@@ -184,6 +196,7 @@ class MonitorConfig:
     heldout_top_share: float = 0.5
     letterless_rate: float = 0.75
     heldout_answered_min: float = 0.5
+    empty_answer_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
@@ -340,6 +353,11 @@ class Monitor:
         out["letterless_answers"] = (r >= c.letterless_rate, r, c.letterless_rate,
                                      f"{len(bare)} of {n} samples ({r:.0%}) are well-formed answers naming no option "
                                      f"letter (>= {c.letterless_rate:.0%})", [_example(s) for s in bare[:2]])
+        empty = [s for s, f in zip(samples, feats) if f.get("n_answer_blocks") and not f.get("answer_words")]
+        r = len(empty) / n
+        out["empty_answers"] = (r >= c.empty_answer_rate, r, c.empty_answer_rate,
+                                f"{len(empty)} of {n} samples ({r:.0%}) close an <answer> block with nothing in it "
+                                f"(>= {c.empty_answer_rate:.0%})", [_example(s) for s in empty[:2]])
         ld = letter_distribution(samples, feats)
         if len(ld) == 1:
             (d,) = ld.values()
