@@ -340,3 +340,19 @@ def test_report_panel_in_headless_chromium(tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_format_not_learned_after_the_grace_steps():
+    """No well-formed sample by step 8 (two fp32 demo runs of issue 13): alert since step 8, raised at 10; a slow
+    learner that passes the threshold at step 9 raises nothing; the first steps never count."""
+    def run(fvs):
+        return [{"step": i + 1, "format_valid": f, "reward_mean": -0.9} for i, f in enumerate(fvs)], []
+
+    (a,) = replay(*run([0.0] * 12))
+    assert (a.monitor, a.onset_step, a.raised_step, a.active) == ("format_not_learned", 8, 10, True)
+    assert "0% of the step's samples are well-formed" in a.evidence and a.advice
+    assert replay(*run([0.0] * 8 + [0.12, 0.5, 0.8, 0.9])) == []
+    assert replay(*run([0.0] * 9)) == []                                        # steps 8-9: only two past
+    (a,) = replay(*run([0.0] * 10 + [0.3, 0.6]))
+    assert (a.onset_step, a.active) == (8, False)                              # learned late: recorded, inactive
+    assert replay(*run([0.0] * 12), MonitorConfig(format_grace_steps=20)) == []

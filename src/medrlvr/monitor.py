@@ -44,6 +44,11 @@ Monitors (thresholds: :class:`MonitorConfig`):
     at least ``letterless_rate`` (0.75) of a step's samples are well-formed but name no option letter
     (``<answer> yes </answer>``): the format is learned, the task is not (a demo run of issue 13 ended with
     format-valid 1.000 and no letter in any of 32 held-out answers, with no other alert).
+``format_not_learned``
+    from step ``format_grace_steps`` (8) on, fewer than ``format_min`` (10%) of a step's samples are
+    well-formed: the format (the paper's first stage) has not been learned. Two fp32 demo runs of issue 13
+    (seed 0, two tables) had no well-formed sample in 12 steps (`<think>...</think>` and then nothing:
+    -0.9 a sample), with no other alert.
 ``empty_answers``
     at least ``empty_answer_rate`` (0.5) of a step's samples close an ``<answer>`` block with nothing in
     it (``<think> </think><answer> </answer>``): the ``shaped`` scheme credits each tag reached, so empty
@@ -98,6 +103,7 @@ MONITORS: dict[str, str] = {
     "letterless_answers": "well-formed answers name no option letter: the format is learned, the task is not",
     "heldout_letterless": "greedy held-out answers are well-formed but most name no option letter",
     "empty_answers": "samples close empty <think>/<answer> tags: the format's partial credit without content",
+    "format_not_learned": "almost no sample is well-formed after the first steps: the format is not being learned",
 }
 """Monitor names mapped to what their alert means."""
 
@@ -121,6 +127,8 @@ ADVICE: dict[str, str] = {
     "letterless_answers": "score a letterless answer below a wrong letter (reward_no_letter, e.g. -0.5 in the shaped "
                           "scheme), check that the prompt lists the options with letters, or try another seed",
     "heldout_letterless": "see letterless_answers; evaluate more often (eval_every) to see when letters were lost",
+    "format_not_learned": "use a graded reward (reward_scheme=shaped), the model's chat template (template=chat), "
+                          "more samples_per_prompt, or another seed; check the samples for where they stop",
     "empty_answers": "the shaped scheme's tag credit is being farmed: lower reward_format_step (less credit per "
                      "tag), penalise empty_think (reward_scheme=composite), lower lr, or try another seed",
 }
@@ -174,6 +182,11 @@ class MonitorConfig:
             ``<answer>`` block with no word in it (default 0.5; the run of issue 13 that settled there had
             0.66-0.88 at steps 10-12; the 37 earlier CPU demo runs of issue 13 kept under runs/ at most
             0.31 at any step).
+        format_min, format_grace_steps: ``format_not_learned`` when fewer than ``format_min`` (0.1) of a
+            step's samples are well-formed at step ``format_grace_steps`` (8) or later. Replayed over the 40
+            complete CPU demo runs of issue 13 kept under runs/: 34 passed 0.1 by step 7 (no alert); three
+            passed it at step 10-12 and ended at 0.16-0.62 (two raise the alert, no longer active at the end);
+            three never passed 0.03 in 12 steps (alert since step 8, active at the end).
     """
 
     k: int = 3
@@ -197,6 +210,8 @@ class MonitorConfig:
     letterless_rate: float = 0.75
     heldout_answered_min: float = 0.5
     empty_answer_rate: float = 0.5
+    format_min: float = 0.1
+    format_grace_steps: int = 8
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
@@ -300,6 +315,11 @@ class Monitor:
         if kl is not None:
             out["kl_blowup"] = (kl > c.kl_max, kl, c.kl_max, f"KL to the reference {kl:.3f} > {c.kl_max}", None)
         acc, fv = _num(rec.get("accuracy")), _num(rec.get("format_valid"))
+        step = _num(rec.get("step"))
+        if fv is not None and step is not None and step >= c.format_grace_steps:
+            out["format_not_learned"] = (fv < c.format_min, fv, c.format_min,
+                                         f"{fv:.0%} of the step's samples are well-formed (< {c.format_min:.0%}) at "
+                                         f"step {step:.0f}, past the first {c.format_grace_steps} steps", None)
         if acc is not None and fv is not None and fv >= c.gap_min_format_valid:
             self._train_acc.append(acc / fv)
         ev = _num(rec.get("eval_accuracy"))
