@@ -107,3 +107,24 @@ def test_plan_buckets():
         assert cost <= 8 * 90                                                 # never worse than one padded forward
     assert len(plan_buckets(lens, overhead=0)) == len(set(lens))             # free forwards: one per distinct length
     assert len(plan_buckets(lens, overhead=1000)) == 1
+
+
+def test_repeat_first_row_expands_the_cache_or_falls_back():
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    k, v = torch.randn(1, 3, 5, 4), torch.randn(1, 3, 5, 4)
+    for layer in range(2):
+        cache.update(k + layer, v - layer, layer)
+    batching._repeat_first_row(cache, 4, "cpu")
+    for layer in range(2):
+        kk, vv = cache.layers[layer].keys, cache.layers[layer].values
+        assert kk.shape == (4, 3, 5, 4) and torch.equal(kk[3], (k + layer)[0]) and torch.equal(vv[2], (v - layer)[0])
+
+    class OldCache:   # transformers before 5.x: no per-layer objects, only batch_select_indices
+        def batch_select_indices(self, idx):
+            self.idx = idx
+
+    old = OldCache()
+    batching._repeat_first_row(old, 3, "cpu")
+    assert old.idx.tolist() == [0, 0, 0]
