@@ -80,6 +80,8 @@ def test_training_attention_is_eager_on_cpu_with_an_override(tmp_path, monkeypat
     assert hardware.train_attn_implementation("cuda") is None      # GPUs keep SDPA / flash
     cfg = build_config("tiny", {"max_steps": 1, "eval_limit": 1})
     assert Trainer(cfg, tmp_path / "a", quiet=True).policy.config._attn_implementation == "eager"
+    lora = Trainer(build_config("tiny", {"max_steps": 1, "eval_limit": 1, "lora": True}), tmp_path / "l", quiet=True)
+    assert lora.policy.get_base_model().config._attn_implementation == "eager"     # through the peft wrapper
     monkeypatch.setenv("MEDRLVR_TRAIN_ATTN", "sdpa")
     assert Trainer(cfg, tmp_path / "b", quiet=True).policy.config._attn_implementation == "sdpa"
     monkeypatch.setenv("MEDRLVR_TRAIN_ATTN", "flash")

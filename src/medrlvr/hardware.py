@@ -99,13 +99,13 @@ def train_attn_implementation(device: str | torch.device = "cpu") -> str | None:
 
 
 def set_attn_implementation(model, impl: str | None) -> None:
-    """Switch ``model`` (a transformers model, or a peft wrapper around one) to attention ``impl``; ``None`` keeps
-    it. Older transformers (no ``set_attn_implementation``) get the config attribute their layers read."""
+    """Switch ``model`` (a transformers model, or a peft wrapper around one: peft forwards both attributes to the
+    wrapped model) to attention ``impl``; ``None`` keeps it. Older transformers (no ``set_attn_implementation``)
+    get the config attribute their layers read."""
     if impl is None:
         return
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    setter = getattr(base, "set_attn_implementation", None)
+    setter = getattr(model, "set_attn_implementation", None)
     if setter is not None:
         setter(impl)
     else:
-        base.config._attn_implementation = impl
+        model.config._attn_implementation = impl
