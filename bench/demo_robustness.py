@@ -84,13 +84,13 @@ def read_done(res: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| path | seed | accuracy [95% CI] | random | format-valid | letter | echo | top letter | alerts | "
-            "all criteria | wall s |")
-    out = [head, "|" + "---|" * 11]
+    head = ("| path | seed | accuracy [95% CI] | random | format-valid | letter | echo | top letter | greedy: "
+            "letter, top letter | alerts | all criteria | wall s |")
+    out = [head, "|" + "---|" * 12]
     for r in rows:
         s = r.get("summary")
         if not s:
-            out.append(f"| {r['path']} | {r['seed']} | failed (rc {r['rc']}) | | | | | | | no | {r['wall_s']:.0f} |")
+            out.append(f"| {r['path']} | {r['seed']} | failed (rc {r['rc']}) | | | | | | | | no | {r['wall_s']:.0f} |")
             continue
         a = s["after"]
         ok = all(f(a, s) for _, _, f in CRITERIA)
@@ -98,9 +98,12 @@ def table(rows: list[dict]) -> str:
         alerts = ", ".join(f"{x['monitor']}@{x['onset_step']}{'' if x['active'] else ' (recovered)'}"
                            for x in s["alerts"]) or "none"
         top = max(a["letters"], key=a["letters"].get) if a["letters"] else "-"
+        g = a.get("greedy")     # the greedy pass next to a sampled evaluation (summary.json's "greedy")
+        gtop = (max(g["letters"], key=g["letters"].get) if g["letters"] else "-") if g else ""
+        greedy = f"{g['answered']:.2f}, {gtop} {g['top_letter_share']:.0%}" if g else "(greedy above)"
         out.append(f"| {r['path']} | {r['seed']} | {a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                    f"{a['random_baseline']:.3f} | {a['format_valid']:.3f} | {a['answered']:.2f} | "
-                   f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {alerts} | "
+                   f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {greedy} | {alerts} | "
                    f"{'yes' if ok else 'no'} | {r['wall_s']:.0f}{' (' + str(r['threads']) + ' thread)' if r.get('threads') else ''} |")
     return "\n".join(out)
 

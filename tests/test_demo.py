@@ -49,3 +49,70 @@ def test_letter_verdict_names_a_collapse():
     ok = letter_verdict({"letters": {"B": 15, "D": 4, "E": 13}, "top_letter_share": 15 / 32})
     assert "**" not in ok and "B, in 47%" in ok
     assert "no answer" in letter_verdict({"letters": {}, "top_letter_share": 0.0})
+
+
+def test_demo_sampled_evaluation_with_greedy_alongside(tmp_path, monkeypatch):
+    """eval_samples > 1: the criteria's figures come from sampled answers (seeded per question), the greedy
+    pass is reported next to them, and the CI resamples questions."""
+    import medrlvr.train as train_mod
+
+    calls = []
+    real = train_mod.evaluate_policy
+    monkeypatch.setattr(train_mod, "evaluate_policy", lambda *a, **k: calls.append(
+        (k.get("samples"), k.get("temperature"))) or real(*a, **k))
+    out = tmp_path / "demo"
+    rc = main(["demo", "--output", str(out), "--max-steps", "1", "model=tiny", "engine=hf", "eval_limit=4",
+               "max_new_tokens=8", "prompts_per_step=2", "samples_per_prompt=2", "micro_batch_size=4",
+               "autocast_bf16=false", "eval_samples=3", "eval_temperature=1.0"])
+    assert rc == 0
+    # before: configured + greedy; after: the trainer's configured pass at its last step + greedy
+    assert calls == [(None, None), (1, 0.0), (None, None), (1, 0.0)]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["eval"] == "3 sampled per question at T=1"
+    for k in ("before", "after"):
+        assert s[k]["n"] == 4 and s[k]["samples"] == 3 and s[k]["temperature"] == 1.0
+        g = s[k]["greedy"]
+        assert g["n"] == 4 and g["samples"] == 1 and g["temperature"] == 0.0 and "greedy" not in g
+        assert sum(s[k]["letters"].values()) <= 12 and sum(g["letters"].values()) <= 4
+    md = (out / "summary.md").read_text()
+    assert "| after, greedy |" in md and "Held-out letters (3 sampled per question at T=1)" in md
+    assert "Held-out letters (greedy)" in md
+    r = json.loads((out / "eval_after" / "results.json").read_text())
+    assert r["_meta"]["samples"] == 3 and r["_meta"]["temperature"] == 1.0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["eval_samples"] == 3 and lines[-1]["eval_samples"] == 3
+
+
+def test_question_ci_resamples_questions():
+    from medrlvr.demo import question_ci
+
+    # two questions, 4 answers each: all right / all wrong -> per-question means 1 and 0
+    ci = question_ci({"correct": [1.0] * 4 + [0.0] * 4, "eval_samples": 4})
+    assert ci[0] == 0.0 and ci[1] == 1.0          # two clusters: the bootstrap mean is 0, 0.5 or 1
+    flat = question_ci({"correct": [1.0] * 4 + [0.0] * 4, "eval_samples": 1})
+    assert flat[0] > 0.0 and flat[1] < 1.0        # eight independent answers: a narrower interval
+
+
+def test_sampled_evaluation_is_seeded_per_question(tmp_path):
+    """A question's sampled answers depend on the run's seed and the question, not on the batch it is in
+    (so a sharded evaluation, and the passes before and after training, draw the same way)."""
+    from medrlvr.config import build_config
+    from medrlvr.train import Trainer, evaluate_policy
+
+    cfg = build_config("tiny", ["engine=hf", "eval_limit=3", "max_new_tokens=6", "eval_samples=2",
+                                "eval_temperature=1.0", "autocast_bf16=false"])
+    t = Trainer(cfg, tmp_path / "run", quiet=True)
+    recs = t.eval_records
+
+    def texts(ev):
+        return [s.completion for s in ev["samples"]]
+
+    whole = evaluate_policy(t.engine, recs, cfg, t.tok, details=True)
+    one_by_one = evaluate_policy(t.engine, recs, cfg, t.tok, batch=1, details=True)
+    assert texts(whole) == texts(one_by_one) and len(texts(whole)) == 6 and whole["eval_n"] == 3
+    last = evaluate_policy(t.engine, recs[2:], cfg, t.tok, details=True)
+    assert texts(last) == texts(whole)[4:]
+    cfg.seed += 1
+    assert texts(evaluate_policy(t.engine, recs, cfg, t.tok, details=True)) != texts(whole)
+    greedy = evaluate_policy(t.engine, recs, cfg, t.tok, details=True, samples=1, temperature=0.0)
+    assert greedy["eval_samples"] == 1 and len(greedy["samples"]) == 3

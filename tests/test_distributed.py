@@ -35,7 +35,8 @@ BASE = {"model": "tiny", "train_data": "starter:train", "eval_data": "starter:te
         "lr": 1e-4, "critic_lr": 1e-4, "reward_scheme": "shaped", "entropy_coef": 0.01, "max_steps": 3,
         "save_every": 0}
 GRPO = {**BASE, "algo": "grpo", "kl_coef": 0.0}
-PPO = {**BASE, "algo": "ppo", "kl_coef": 0.01}   # reference + KL in the reward, critic, whitened GAE
+PPO = {**BASE, "algo": "ppo", "kl_coef": 0.01,   # reference + KL in the reward, critic, whitened GAE
+       "eval_limit": 5, "eval_samples": 2, "eval_temperature": 1.0}   # sampled final evaluation, 3 + 2 questions
 GRPO4 = {**GRPO, "max_steps": 4, "save_every": 1, "keep_checkpoints": 4}
 TIMING_KEYS = ("rollout_s", "update_s", "tokens_per_s")
 EVAL = {"benchmarks": ["starter:test"], "limit": 5, "batch_size": 2, "max_new_tokens": 6, "bootstrap": 0,
@@ -129,6 +130,8 @@ def test_two_processes_equal_one(runs, algo, parallel):
         assert _max_diff(critic1, c2) <= TOL
     _assert_same_metrics(m1, m2)
     assert ("eval_accuracy" in m2[-1]) == (algo == "ppo")
+    if algo == "ppo":   # the sharded sampled evaluation: 5 questions (rank 1's slice padded), 2 answers each
+        assert m2[-1]["eval_n"] == 5 and m2[-1]["eval_samples"] == 2 and m2[-1]["eval_answered_n"] <= 10
     # rank 0 wrote every rank's samples, in global order, and every rank's RNG state
     s1 = (d / f"{algo}_1p" / "samples.jsonl").read_text().splitlines()
     s2 = (run / "samples.jsonl").read_text().splitlines()[:len(s1)]

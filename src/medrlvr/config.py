@@ -130,6 +130,13 @@ class TrainConfig:
     """Evaluate every N steps (0 = only at the end)."""
     eval_max_new_tokens: int = 0
     """0 = same as max_new_tokens."""
+    eval_samples: int = 1
+    """Answers per held-out question. 1 with ``eval_temperature`` 0 is greedy decoding. With more, each
+    question's answers are sampled at ``eval_temperature`` (seeded per question, the same seeds before and
+    after training): accuracy is the mean over all answers (avg@k, DeepSeek-R1's pass@1 estimate), and the
+    format and letter figures (and the ``heldout_*`` monitors) count every answer."""
+    eval_temperature: float = 0.0
+    """Sampling temperature of the held-out evaluation (0 = greedy; needs ``eval_samples`` 1)."""
     save_every: int = 0
     """Checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -287,6 +294,13 @@ def _check_ranges(cfg: TrainConfig) -> None:
         bad("temperature", "must be <= 100")
     if not all(0 <= b < 1 for b in cfg.adam_betas):
         bad("adam_betas", "both must be in [0, 1)")
+    if cfg.eval_samples < 1:
+        bad("eval_samples", f"must be >= 1, got {cfg.eval_samples}")
+    if not 0 <= cfg.eval_temperature <= 100:
+        bad("eval_temperature", "must be in [0, 100] (0 = greedy)")
+    if cfg.eval_samples > 1 and cfg.eval_temperature == 0:
+        bad("eval_samples", f"{cfg.eval_samples} greedy answers per question would all be the same: "
+                            "set eval_temperature > 0 or eval_samples 1")
     for k in ("keep_checkpoints", "max_refill_rounds", "eval_max_new_tokens", "vf_coef"):
         if getattr(cfg, k) < 0:
             bad(k, "must be >= 0" + (" (0 keeps every checkpoint)" if k == "keep_checkpoints" else ""))

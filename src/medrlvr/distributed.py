@@ -418,27 +418,29 @@ def destroy() -> None:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
-    """Greedy evaluation sharded over ranks: rank r evaluates a contiguous ``ceil(n / world)`` slice
+def sharded_eval(fn: Callable, records: list, details: bool = False, per_question: int = 1) -> dict:
+    """Held-out evaluation sharded over ranks: rank r evaluates a contiguous ``ceil(n / world)`` slice
     (the last one padded with copies of the last question, dropped afterwards, so every rank makes the
-    same generate calls: FSDP2 needs that), ``fn(records) -> evaluate_policy(..., details=True)``;
-    the per-question results are gathered in question order and the means computed over all of them."""
+    same generate calls: FSDP2 needs that), ``fn(records) -> evaluate_policy(..., details=True)`` with
+    ``per_question`` answers per question; the per-answer results are gathered in question order and the
+    means computed over all of them."""
     rank, world = dist.get_rank(), dist.get_world_size()
     n = len(records)
     if n == 0:
         return fn(records)
     per = -(-n // world)
     mine = records[rank * per:(rank + 1) * per]
-    keep = len(mine)
-    mine = mine + [records[-1]] * (per - keep)
+    keep = len(mine) * per_question
+    mine = mine + [records[-1]] * (per - len(mine))
     res = fn(mine)
     rows = [(c, f, len(x.completion), x.result.pred, x.rec.gold)
             for c, f, x in zip(res["correct"], res["format_ok"], res["samples"])][:keep]
     parts = gather_objects((rows, res["samples"][:keep] if details else None))
     allrows = [r for p, _ in parts for r in p]
-    m = len(allrows)
+    m = max(1, len(allrows))
     out = {"eval_accuracy": sum(r[0] for r in allrows) / m, "eval_format_valid": sum(r[1] for r in allrows) / m,
-           "eval_response_chars": sum(r[2] for r in allrows) / m, "eval_n": m}
+           "eval_response_chars": sum(r[2] for r in allrows) / m, "eval_n": len(allrows) // per_question,
+           "eval_samples": per_question}
     from .analysis.stages import heldout_letter_metrics
 
     out.update(heldout_letter_metrics((r[3], r[4]) for r in allrows))

@@ -135,6 +135,9 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "max_steps": ("trainer.total_training_steps", "trainer.total_epochs=1 over the prepared stream"),
     "eval_every": ("trainer.test_freq", "0 -> max_steps (validate at the end); verl also validates before training"),
     "eval_max_new_tokens": ("(none)", "verl validates with data.max_response_length: only 0 passes"),
+    "eval_samples": (f"{R}.val_kwargs.n", "verl reports mean@n over the n answers of a question (and best@n, maj@n)"),
+    "eval_temperature": (f"{R}.val_kwargs.temperature, {R}.val_kwargs.do_sample", "do_sample when > 0; "
+                         "val_kwargs.top_p = top_p when sampling, else 1"),
     "save_every": ("trainer.save_freq", "0 -> max_steps"),
     "keep_checkpoints": ("trainer.max_actor_ckpt_to_keep, trainer.max_critic_ckpt_to_keep", ""),
     "sample_every": ("trainer.rollout_data_dir", "verl dumps every step: only 1 passes"),
@@ -241,7 +244,8 @@ def verl_overrides(cfg: TrainConfig, out: str | Path, *, model_path: str, max_pr
         (f"{R}.name", rollout), (f"{R}.n", n), (f"{R}.temperature", cfg.temperature), (f"{R}.top_p", cfg.top_p),
         (f"{R}.seed", cfg.seed), (f"{R}.log_prob_micro_batch_size_per_gpu", cfg.micro_batch_size),
         (f"{R}.tensor_model_parallel_size", 1), (f"{R}.gpu_memory_utilization", 0.6),
-        (f"{R}.val_kwargs.do_sample", False), (f"{R}.val_kwargs.temperature", 0), (f"{R}.val_kwargs.n", 1),
+        (f"{R}.val_kwargs.do_sample", cfg.eval_temperature > 0), (f"{R}.val_kwargs.temperature", cfg.eval_temperature),
+        (f"{R}.val_kwargs.n", cfg.eval_samples), (f"{R}.val_kwargs.top_p", cfg.top_p if cfg.eval_temperature > 0 else 1.0),
         (f"{R}.agent.default_agent_loop", AGENT_LOOP_NAME),
         (f"{R}.agent.agent_loop_config_path", out / "agent_loops.yaml"),
         # algorithm
