@@ -232,3 +232,17 @@ def test_group_orders_must_divide_the_group():
         build_config("tiny", {"samples_per_prompt": 4, "group_orders": 3})
     with pytest.raises(ValueError, match="'reward_format_step'"):
         build_config("tiny", {"reward_format_step": 0.5})
+
+
+def test_unwrap_peft_finds_the_wrapped_model():
+    """One helper looks through a peft wrapper for every caller (batching, distributed, fast_rollout, models)."""
+    from medrlvr.batching import _split_lm
+    from medrlvr.models import apply_lora, load_policy, unwrap_peft
+
+    plain, _ = load_policy("tiny")
+    assert unwrap_peft(plain) is plain
+    wrapped = apply_lora(load_policy("tiny")[0], r=2, alpha=4)
+    base = unwrap_peft(wrapped)
+    assert base is not wrapped and base is wrapped.get_base_model() and hasattr(base, "lm_head")
+    trunk, head = _split_lm(wrapped)
+    assert trunk is base.model and head is base.lm_head

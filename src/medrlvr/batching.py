@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .algos import entropy_from_logits_chunked, logprobs_from_logits
+from .models import unwrap_peft
 
 
 @dataclass
@@ -71,7 +72,7 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, shar
 
 def _split_lm(model):
     """(trunk, lm_head) of a causal LM, looking through a peft wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     return base.model, base.lm_head
 
 

@@ -56,6 +56,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .models import unwrap_peft
+
 PARALLEL_MODES = ("ddp", "fsdp2")
 
 
@@ -333,7 +335,7 @@ class Parallel:
 
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     trunk = getattr(base, "model", None) or getattr(base, "trunk", None) or base
     layers = getattr(trunk, "layers", None)
     return list(layers) if layers is not None else []

@@ -64,6 +64,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .models import unwrap_peft
 from .rollout import Completion, SamplingParams, eos_token_ids, finish, register_engine
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -75,8 +76,6 @@ class UnsupportedModelError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- weights
-def _is_peft(model) -> bool:
-    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
 
 
 def _effective_linear(mod) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,7 +107,7 @@ def _rope_type(cfg) -> str:
 
 def check_supported(model) -> None:
     """Raise :class:`UnsupportedModelError` unless the fast engine can run ``model``."""
-    base = model.get_base_model() if _is_peft(model) else model
+    base = unwrap_peft(model)
     cfg = getattr(base, "config", None)
     mt = getattr(cfg, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:
@@ -355,7 +354,7 @@ class FastEngine:
         self.dtype = _DTYPES[dtype]
         self.batch_size = max(1, int(batch_size))
         self.prepack, self.num_threads = prepack, num_threads
-        base = model.get_base_model() if _is_peft(model) else model
+        base = unwrap_peft(model)
         self.base, self.cfg = base, base.config
         cfg = self.cfg
         self.D, self.H = cfg.hidden_size, cfg.num_attention_heads

@@ -188,6 +188,11 @@ def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def unwrap_peft(model):
+    """The model inside a peft wrapper (LoRA or any other adapter), or ``model`` itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+
+
 @contextlib.contextmanager
 def reference_mode(model):
     """Context in which ``model`` computes the reference policy: LoRA adapter disabled."""
@@ -230,7 +235,7 @@ class ValueModel(nn.Module):
 
 
 def _trunk(causal_lm) -> nn.Module:
-    base = causal_lm.get_base_model() if is_lora(causal_lm) else causal_lm
+    base = unwrap_peft(causal_lm)
     return base.model if hasattr(base, "model") else base.base_model
 
 
