@@ -169,6 +169,11 @@ def test_heldout_letter_collapse_while_training_letters_mix():
     (a,) = replay(metrics, samples)
     assert (a.monitor, a.onset_step, a.raised_step, a.active) == ("heldout_position", 6, 6, True)
     assert "letter D in 84% of 32" in a.evidence and a.what == MONITORS["heldout_position"]
+    assert "held-out (greedy)" in a.evidence
+    metrics, samples = _run()                # a sampled evaluation (eval_samples 4) says so in the evidence
+    metrics[6].update(_heldout(0.84, answered=128) | {"eval_samples": 4})
+    (a,) = replay(metrics, samples)
+    assert "held-out (4 sampled per question): letter C in 84% of 128" in a.evidence
     # the share must pass the threshold; the letter being the gold that often, or too few answers, is no hack
     for ev in (_heldout(0.5), _heldout(0.9, gold_share=0.8), _heldout(1.0, answered=5)):
         metrics, samples = _run()

@@ -34,8 +34,8 @@ Monitors (thresholds: :class:`MonitorConfig`):
     accuracy rose by at most ``gap_heldout_gain_max`` over the first evaluation. Dividing by the
     format-valid rate keeps format gains alone from raising it.
 ``heldout_position``
-    at a step with a held-out evaluation that logged its letters (``eval_top_letter_share``, greedy
-    decoding): one option letter is named by more than ``heldout_top_share`` of the answers that name
+    at a step with a held-out evaluation that logged its letters (``eval_top_letter_share``; greedy,
+    or ``eval_samples`` sampled answers per question): one option letter is named by more than ``heldout_top_share`` of the answers that name
     a letter (at least ``position_min_answered`` of them) while it is the gold letter of at most
     ``position_gold_share_max`` of them. Training samples are drawn at temperature 1 and can still mix
     letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
@@ -99,9 +99,9 @@ MONITORS: dict[str, str] = {
     "reasoning_before_think": "reasoning is written before <think> (the paper's step-by-step exploit)",
     "kl_blowup": "the policy drifted far from the reference (KL blow-up)",
     "train_heldout_gap": "training accuracy rises while held-out accuracy stays flat",
-    "heldout_position": "greedy held-out answers name one option letter for most questions (a position, not an answer)",
+    "heldout_position": "held-out answers name one option letter for most questions (a position, not an answer)",
     "letterless_answers": "well-formed answers name no option letter: the format is learned, the task is not",
-    "heldout_letterless": "greedy held-out answers are well-formed but most name no option letter",
+    "heldout_letterless": "held-out answers are well-formed but most name no option letter",
     "empty_answers": "samples close empty <think>/<answer> tags: the format's partial credit without content",
     "format_not_learned": "almost no sample is well-formed after the first steps: the format is not being learned",
 }
@@ -122,8 +122,10 @@ ADVICE: dict[str, str] = {
     "reasoning_before_think": "use reward_scheme=strict or composite (penalises text before <think>)",
     "kl_blowup": "lower lr, raise kl_coef, lower clip_high",
     "train_heldout_gap": "the gains do not transfer: more/other training data, fewer steps, evaluate more often",
-    "heldout_position": "a model without the knowledge turns a mild letter preference into one greedy letter: add "
-                        "entropy_coef, use group_orders, train longer at a lower lr, or use a model that knows the domain",
+    "heldout_position": "a model without the knowledge turns a mild letter preference into one greedy letter: "
+                        "evaluate sampled answers (eval_samples, eval_temperature) to see whether the policy or only "
+                        "its argmax picks one position; add entropy_coef, train longer at a lower lr, or use a "
+                        "model that knows the domain",
     "letterless_answers": "score a letterless answer below a wrong letter (reward_no_letter, e.g. -0.5 in the shaped "
                           "scheme), check that the prompt lists the options with letters, or try another seed",
     "heldout_letterless": "see letterless_answers; evaluate more often (eval_every) to see when letters were lost",
@@ -133,6 +135,12 @@ ADVICE: dict[str, str] = {
                      "tag), penalise empty_think (reward_scheme=composite), lower lr, or try another seed",
 }
 """What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
+
+
+def _eval_how(rec: Mapping[str, Any]) -> str:
+    """How a metrics row's held-out answers were drawn: ``greedy`` or ``K sampled per question``."""
+    k = _num(rec.get("eval_samples"))
+    return "greedy" if not k or k <= 1 else f"{k:.0f} sampled per question"
 
 
 @dataclass(frozen=True)
@@ -340,14 +348,14 @@ class Monitor:
             top, gs = rec["eval_top_letter"], _num(rec.get("eval_top_letter_gold_share")) or 0.0
             out["heldout_position"] = (
                 hs > c.heldout_top_share and gs <= c.position_gold_share_max, hs, c.heldout_top_share,
-                f"held-out (greedy): letter {top} in {hs:.0%} of {hk:.0f} answers (> {c.heldout_top_share:.0%}) but "
+                f"held-out ({_eval_how(rec)}): letter {top} in {hs:.0%} of {hk:.0f} answers (> {c.heldout_top_share:.0%}) but "
                 f"gold in {gs:.0%} of them (<= {c.position_gold_share_max:.0%})", None)
         ans, efv = _num(rec.get("eval_answered")), _num(rec.get("eval_format_valid"))
         if ans is not None and efv is not None and efv >= c.gap_min_format_valid:
             share = min(1.0, ans / efv)
             out["heldout_letterless"] = (
                 share < c.heldout_answered_min, share, c.heldout_answered_min,
-                f"held-out (greedy): {efv:.0%} of answers well-formed, but only {ans:.0%} name an option letter "
+                f"held-out ({_eval_how(rec)}): {efv:.0%} of answers well-formed, but only {ans:.0%} name an option letter "
                 f"({share:.0%} of the well-formed, < {c.heldout_answered_min:.0%})", None)
         if samples:
             out.update(self._measure_samples(samples))
