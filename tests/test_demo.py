@@ -19,6 +19,7 @@ def test_demo_plumbing_tiny(tmp_path, monkeypatch):
     s = json.loads((out / "summary.json").read_text())
     assert set(s["before"]) >= {"accuracy", "format_valid"} and set(s["after"]) >= {"accuracy", "format_valid"}
     assert s["wall_s"] > 0 and s["steps"] == 2 and s["before"]["n"] == 4
+    assert s["max_steps"] == 2 and s["stopped_early"] is False
     for k in ("before", "after"):
         assert 0 <= s[k]["answered"] <= 1 and 0 <= s[k]["top_letter_share"] <= 1
         assert abs(s[k]["random_baseline"] - 0.25) < 0.26 and s[k]["template_echo"] >= 0

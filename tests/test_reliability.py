@@ -296,7 +296,8 @@ def test_cli_resume_with_changed_lr_exits_2(saved_run, capsys):
     ("top_p: 0", "top_p"), ("reward_scheme: nope", "reward_scheme"), ("adam_betas: [0.9, .nan]", "adam_betas"),
     ("dual_clip: .inf", "dual_clip"), ("max_steps: 2.0", "max_steps"),
     ("eval_samples: 0", "eval_samples"), ("eval_samples: 4", "eval_samples"),   # 4 greedy copies: refused
-    ("eval_temperature: -1", "eval_temperature"),
+    ("eval_temperature: -1", "eval_temperature"), ("stop_answered: 1.5", "stop_answered"),
+    ("stop_patience: 0", "stop_patience"),
 ])
 def test_nonsense_values_are_refused_by_key(tmp_path, yaml_line, key):
     p = tmp_path / "c.yaml"

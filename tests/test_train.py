@@ -246,3 +246,33 @@ def test_unwrap_peft_finds_the_wrapped_model():
     assert base is not wrapped and base is wrapped.get_base_model() and hasattr(base, "lm_head")
     trunk, head = _split_lm(wrapped)
     assert trunk is base.model and head is base.lm_head
+
+
+def test_stop_answered_ends_the_run_early_and_saves_it(tmp_path):
+    """stop_answered: the run ends once enough samples are well-formed with a letter for stop_patience steps in a
+    row, and that step is evaluated, checkpointed and saved like a last step; a streak that breaks starts over."""
+    import itertools
+
+    shares = itertools.cycle([1.0, 0.0, 1.0, 1.0])          # per step: every sample answered, or none
+    state = {"share": None, "left": 0}
+
+    def by_step(response, rec):   # 4 samples a step: the first of each step draws that step's share
+        if state["left"] == 0:
+            state["share"], state["left"] = next(shares), 4
+        state["left"] -= 1
+        pred = "A" if state["share"] else None
+        return RewardResult(reward=float(bool(pred)) - (state["left"] % 2), format_ok=True, pred=pred,
+                            correct=False, flags=[], parsed=parse(response))
+
+    cfg = _cfg(max_steps=8, stop_answered=0.9, stop_patience=2, samples_per_prompt=2, prompts_per_step=2,
+               max_new_tokens=4, eval_limit=2)
+    t = Trainer(cfg, tmp_path, quiet=True, reward_fn=by_step)
+    hist = t.train()
+    # steps 1 (1.0), 2 (0.0: the streak starts over), 3 and 4 (1.0, 1.0): stops at 4
+    assert [h["answered"] for h in hist] == [1.0, 0.0, 1.0, 1.0] and t.stopped_early and t.step == 4
+    assert hist[-1]["stopped_early"] is True and "eval_accuracy" in hist[-1] and t.final_eval is not None
+    assert not any(h.get("stopped_early") for h in hist[:-1])
+    assert (tmp_path / "checkpoints" / "step_4").is_dir() and (tmp_path / "final" / "model.safetensors").exists()
+    off = Trainer(_cfg(max_steps=3, samples_per_prompt=2, prompts_per_step=2, max_new_tokens=4, eval_limit=2),
+                  tmp_path / "off", quiet=True, reward_fn=by_step)
+    assert len(off.train()) == 3 and not off.stopped_early       # 0 (the default): never stops early

@@ -126,6 +126,14 @@ class TrainConfig:
 
     # --- loop ---------------------------------------------------------------------------------
     max_steps: int = 10
+    stop_answered: float = 0.0
+    """Stop before ``max_steps`` once at least this share of a step's samples are well-formed and name an
+    option letter, for ``stop_patience`` steps in a row (0 = off; the metrics row of that step has
+    ``stopped_early``; it is then evaluated, checkpointed and saved like the last step). For a model without the
+    domain's knowledge the reward teaches the format and the letters and nothing after that: further steps
+    only drift its letter preference (the ``cpu-demo`` preset's comments give the measured runs)."""
+    stop_patience: int = 3
+    """Consecutive steps at ``stop_answered`` before stopping."""
     eval_every: int = 0
     """Evaluate every N steps (0 = only at the end)."""
     eval_max_new_tokens: int = 0
@@ -294,6 +302,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
         bad("temperature", "must be <= 100")
     if not all(0 <= b < 1 for b in cfg.adam_betas):
         bad("adam_betas", "both must be in [0, 1)")
+    if not 0 <= cfg.stop_answered <= 1:
+        bad("stop_answered", f"a share of samples: must be in [0, 1] (0 = off), got {cfg.stop_answered}")
+    if cfg.stop_patience < 1:
+        bad("stop_patience", f"must be >= 1, got {cfg.stop_patience}")
     if cfg.eval_samples < 1:
         bad("eval_samples", f"must be >= 1, got {cfg.eval_samples}")
     if not 0 <= cfg.eval_temperature <= 100:

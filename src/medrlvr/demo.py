@@ -142,7 +142,8 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
             summ[tag]["greedy"] = figures(evg) | {"temperature": 0.0}
     alerts = [a.to_dict() for a in trainer.monitor.alerts]
     summary = {"before": summ["before"], "after": summ["after"], "eval": mode,
-               "alerts": alerts, "steps": len(history), "wall_s": round(wall, 1), "model": cfg.model,
+               "alerts": alerts, "steps": len(history), "max_steps": cfg.max_steps,
+               "stopped_early": trainer.stopped_early, "wall_s": round(wall, 1), "model": cfg.model,
                "algo": cfg.algo, "eval_data": name, "train_data": cfg.train_data, "seed": cfg.seed}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -162,7 +163,10 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     how = (f"{mode} (seeded per question, the same seeds before and after; accuracy is the mean over all "
            "answers, its CI a bootstrap over questions); the greedy rows decode the same questions greedily"
            if sampled else "greedy decoding")
-    md = [f"# medrlvr demo: {cfg.model}, {cfg.algo}, {len(history)} steps on {cfg.train_data}", "",
+    steps = (f"{len(history)} steps (stopped early: {cfg.stop_answered:.0%} of the training samples well-formed "
+             f"with a letter for {cfg.stop_patience} steps in a row; at most {cfg.max_steps})"
+             if trainer.stopped_early else f"{len(history)} steps")
+    md = [f"# medrlvr demo: {cfg.model}, {cfg.algo}, {steps} on {cfg.train_data}", "",
           f"Held-out: {name}, n = {after['eval_n']} questions, {how}; {cfg.template} prompt pre-filled with "
           "`<think>`. This model knows no medicine: accuracy at the random baseline is the expected outcome; "
           "the demo shows the format and letters being learned from a rule alone.",

@@ -245,7 +245,9 @@ class Trainer:
         if self.par.sharded:
             self.engine.synced_gpus = True
         self.step = 0
-        self.final_eval: dict | None = None   # the detailed evaluation at max_steps (see train)
+        self.final_eval: dict | None = None   # the detailed evaluation at max_steps or the early stop (see train)
+        self.stopped_early = False            # stop_answered was reached (see _stop_early)
+        self._answered_streak = 0
         self.skipped_steps = 0
         if resume:
             self._resume()
@@ -565,6 +567,7 @@ class Trainer:
                "reward_mean": sum(s.reward for s in samples) / n,
                "accuracy": sum(s.result.correct for s in samples) / n,
                "format_valid": sum(s.result.format_ok for s in samples) / n,
+               "answered": sum(bool(s.result.format_ok and s.result.pred) for s in samples) / n,
                "response_chars": sum(len(s.completion) for s in samples) / n,
                "response_tokens": ntok / n,
                "truncated_frac": sum(s.finish_reason == "length" for s in samples) / n,
@@ -618,6 +621,16 @@ class Trainer:
             lambda recs: evaluate_policy(_EngineCall(self._generate), recs, self.cfg, self.tok, details=True, **kw),
             self.eval_records, details, per_question=k)
 
+    def _stop_early(self, rec: dict) -> bool:
+        """``stop_answered``: True once ``stop_patience`` steps in a row reached it (every rank sees the same
+        gathered samples, so every rank decides alike)."""
+        c = self.cfg
+        if not c.stop_answered:
+            return False
+        self._answered_streak = self._answered_streak + 1 if rec["answered"] >= c.stop_answered else 0
+        self.stopped_early = self._answered_streak >= c.stop_patience
+        return self.stopped_early
+
     def train(self, max_steps: int | None = None) -> list[dict]:
         cfg = self.cfg
         end = min(max_steps or cfg.max_steps, cfg.max_steps)
@@ -630,7 +643,10 @@ class Trainer:
             bar = None
         while self.step < end:
             rec = self.train_step()
-            if self.step == cfg.max_steps:   # detailed, kept for callers (the demo reports it, no second pass)
+            early = self._stop_early(rec)
+            if early:
+                rec["stopped_early"] = True
+            if self.step == cfg.max_steps or early:   # detailed, kept for callers (the demo reports it)
                 self.final_eval = self.evaluate(details=True)
                 rec.update({k: v for k, v in self.final_eval.items() if k not in _DETAIL_KEYS})
             self._log(rec)
@@ -640,7 +656,7 @@ class Trainer:
                 bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", fmt=f"{rec['format_valid']:.2f}",
                                 acc=f"{rec['accuracy']:.2f}")
             stop = cfg.on_alert == "stop" and not distributed.all_true(not self._alert_stop)  # rank 0 decides
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or stop:
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or stop or early:
                 ckpt = self.save_checkpoint()
             if stop:  # on_alert: stop -- checkpointed above (every rank); the CLI exits with ALERT_EXIT_CODE
                 from .monitor import MonitorStop
@@ -648,9 +664,15 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 raise MonitorStop(self._alert_stop, str(ckpt) if ckpt else None)
+            if early:
+                if not self.quiet and self.is_main:
+                    print(f"[train] stopped early at step {self.step} of {cfg.max_steps}: at least "
+                          f"{cfg.stop_answered:.0%} of the samples well-formed with an option letter for "
+                          f"{cfg.stop_patience} steps in a row (stop_answered)", flush=True)
+                break
         if bar is not None:
             bar.close()
-        if self.step == cfg.max_steps:
+        if self.step == cfg.max_steps or self.stopped_early:
             self.save_final()
         if self._tb:
             self._tb.close()

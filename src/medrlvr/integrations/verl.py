@@ -133,6 +133,8 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "max_refill_rounds": ("algorithm.filter_groups.max_num_gen_batches", "rounds + 1"),
     "grpo_eps": ("(none)", "verl's GRPO epsilon is fixed at 1e-6: only the default passes"),
     "max_steps": ("trainer.total_training_steps", "trainer.total_epochs=1 over the prepared stream"),
+    "stop_answered": ("(none)", "medrlvr's early stop, not in verl's trainer: only the default (off) passes"),
+    "stop_patience": ("(none)", "with stop_answered off it does nothing: any value passes"),
     "eval_every": ("trainer.test_freq", "0 -> max_steps (validate at the end); verl also validates before training"),
     "eval_max_new_tokens": ("(none)", "verl validates with data.max_response_length: only 0 passes"),
     "eval_samples": (f"{R}.val_kwargs.n", "verl reports mean@n over the n answers of a question (and best@n, maj@n)"),
@@ -154,8 +156,8 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
 }
 
 # fields that pass only at their default value (no verl equivalent for any other value)
-DEFAULT_ONLY = ("vf_coef", "grpo_eps", "eval_max_new_tokens", "sample_every", "rank", "world_size", "parallel",
-                "on_alert", "reward_no_letter", "reward_echo", "reward_format_step",
+DEFAULT_ONLY = ("vf_coef", "grpo_eps", "eval_max_new_tokens", "stop_answered", "sample_every", "rank", "world_size",
+                "parallel", "on_alert", "reward_no_letter", "reward_echo", "reward_format_step",
                 "group_orders")
 
 
