@@ -19,7 +19,7 @@ def test_demo_plumbing_tiny(tmp_path, monkeypatch):
     s = json.loads((out / "summary.json").read_text())
     assert set(s["before"]) >= {"accuracy", "format_valid"} and set(s["after"]) >= {"accuracy", "format_valid"}
     assert s["wall_s"] > 0 and s["steps"] == 2 and s["before"]["n"] == 4
-    assert s["max_steps"] == 2 and s["stopped_early"] is False
+    assert s["max_steps"] == 2 and s["stopped_early"] is False and s["after"]["greedy"]["n"] == 4
     for k in ("before", "after"):
         assert 0 <= s[k]["answered"] <= 1 and 0 <= s[k]["top_letter_share"] <= 1
         assert abs(s[k]["random_baseline"] - 0.25) < 0.26 and s[k]["template_echo"] >= 0
@@ -37,8 +37,9 @@ def test_demo_plumbing_tiny(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1, 2]      # step 0: the evaluation before training
     assert lines[0]["eval_accuracy"] == s["before"]["accuracy"] and lines[0]["eval_n"] == 4
-    # two greedy passes: before training, and the trainer's at its last step, which the demo reports as "after"
-    assert len(calls) == 2
+    # the preset samples 4 answers per question and adds a greedy pass before and after: 4 passes (the trainer's
+    # at its last step is the demo's "after", no second sampled pass)
+    assert len(calls) == 4 and s["eval"] == "4 sampled per question at T=1" and s["before"]["samples"] == 4
     assert lines[-1]["eval_accuracy"] == s["after"]["accuracy"] and lines[-1]["eval_n"] == 4
     assert not {"correct", "format_ok", "samples"} & set(lines[-1])
 
