@@ -276,3 +276,20 @@ def test_stop_answered_ends_the_run_early_and_saves_it(tmp_path):
     off = Trainer(_cfg(max_steps=3, samples_per_prompt=2, prompts_per_step=2, max_new_tokens=4, eval_limit=2),
                   tmp_path / "off", quiet=True, reward_fn=by_step)
     assert len(off.train()) == 3 and not off.stopped_early       # 0 (the default): never stops early
+
+
+def test_stop_answered_streak_survives_a_resume(tmp_path):
+    """A run resumed in the middle of a stop_answered streak stops at the same step as an uninterrupted one."""
+
+    def always(response, rec):
+        return RewardResult(reward=float(len(response) % 2), format_ok=True, pred="A", correct=False, flags=[],
+                            parsed=parse(response))
+
+    kw = dict(max_steps=6, stop_answered=0.9, stop_patience=3, save_every=1, keep_checkpoints=0,
+              samples_per_prompt=2, prompts_per_step=2, max_new_tokens=4, eval_limit=2)
+    whole = Trainer(_cfg(**kw), tmp_path / "whole", quiet=True, reward_fn=always)
+    assert len(whole.train()) == 3 and whole.stopped_early
+    part = Trainer(_cfg(**kw), tmp_path / "part", quiet=True, reward_fn=always)
+    part.train(2)                                    # checkpointed at step 2 with a streak of 2
+    resumed = Trainer(_cfg(**kw), tmp_path / "part", quiet=True, reward_fn=always, resume=True)
+    assert resumed.step == 2 and len(resumed.train()) == 1 and resumed.stopped_early and resumed.step == 3

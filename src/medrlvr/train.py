@@ -681,7 +681,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------- checkpoints
     def _state(self, optimizer=None, rng_ranks=None) -> dict:
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        return {"step": self.step, "skipped_steps": self.skipped_steps, "stream": self.stream.state(),
+        return {"step": self.step, "skipped_steps": self.skipped_steps, "answered_streak": self._answered_streak,
+                "stream": self.stream.state(),
                 "optimizer": self.opt.state_dict() if optimizer is None else optimizer,
                 "scheduler": self.sched.state_dict(), "rng": rng, "rng_ranks": rng_ranks or [rng],
                 "world_size": self.cfg.world_size, "sharded_optimizer": self.par.sharded}
@@ -778,6 +779,7 @@ class Trainer:
         self.sched.load_state_dict(st["scheduler"])
         self.stream.load_state(st["stream"])
         self.step, self.skipped_steps = int(st["step"]), int(st.get("skipped_steps", 0))
+        self._answered_streak = int(st.get("answered_streak", 0))   # stop_answered: a streak goes on after a resume
         # each rank its own RNG state; another world size: ranks without one take rank 0's (sampling is
         # seeded per prompt and the update's permutation per step, so no run-level RNG state is consumed)
         ranks = st.get("rng_ranks") or [st["rng"]]
