@@ -55,12 +55,13 @@ def eval_mode(samples: int, temperature: float) -> str:
     return f"{samples} sampled per question at T={temperature:g}"
 
 
-def _results(ev: dict, name: str, model: str, template: str, temperature: float) -> dict:
-    return {"_meta": {"model": model, "mode": "cot", "template": template, "samples": ev.get("eval_samples", 1),
-                      "temperature": temperature},
-            name: {"accuracy": ev["eval_accuracy"], "ci95": question_ci(ev), "n": ev["eval_n"],
-                   "format_valid": ev["eval_format_valid"], "format_valid_ci95": question_ci(ev, "format_ok"),
-                   "response_chars": ev["eval_response_chars"]}}
+def _results(ev: dict, f: dict, name: str, model: str, template: str) -> dict:
+    """``results.json`` of one evaluation ``ev`` whose summary figures (``figures`` in run_demo) are ``f``."""
+    return {"_meta": {"model": model, "mode": "cot", "template": template, "samples": f["samples"],
+                      "temperature": f["temperature"]},
+            name: {"accuracy": f["accuracy"], "ci95": f["ci95"], "n": f["n"],
+                   "format_valid": f["format_valid"], "format_valid_ci95": question_ci(ev, "format_ok"),
+                   "response_chars": f["response_chars"]}}
 
 
 def letter_stats(ev: dict) -> dict:
@@ -124,11 +125,6 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     after_g = trainer.evaluate(details=True, samples=1, temperature=0.0) if sampled else after
     print(f"[demo] after:  accuracy {after['eval_accuracy']:.3f}, format-valid {after['eval_format_valid']:.3f}")
     name = cfg.eval_data
-    for tag, ev in (("eval_before", before), ("eval_after", after)):
-        (out / tag).mkdir(parents=True, exist_ok=True)
-        (out / tag / "results.json").write_text(json.dumps(
-            _results(ev, name, f"{cfg.model} ({tag[5:]})", cfg.template, cfg.eval_temperature), indent=2))
-    wall = time.perf_counter() - t0
     keys = ("accuracy", "format_valid", "response_chars")
 
     def figures(ev: dict) -> dict:
@@ -140,6 +136,10 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
         summ[tag] = figures(ev) | {"temperature": cfg.eval_temperature}
         if sampled:
             summ[tag]["greedy"] = figures(evg) | {"temperature": 0.0}
+        (out / f"eval_{tag}").mkdir(parents=True, exist_ok=True)
+        (out / f"eval_{tag}" / "results.json").write_text(json.dumps(
+            _results(ev, summ[tag], name, f"{cfg.model} ({tag})", cfg.template), indent=2))
+    wall = time.perf_counter() - t0
     alerts = [a.to_dict() for a in trainer.monitor.alerts]
     summary = {"before": summ["before"], "after": summ["after"], "eval": mode,
                "alerts": alerts, "steps": len(history), "max_steps": cfg.max_steps,

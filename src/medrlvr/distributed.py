@@ -420,21 +420,22 @@ def destroy() -> None:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def sharded_eval(fn: Callable, records: list, details: bool = False, per_question: int = 1) -> dict:
+def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
     """Held-out evaluation sharded over ranks: rank r evaluates a contiguous ``ceil(n / world)`` slice
     (the last one padded with copies of the last question, dropped afterwards, so every rank makes the
-    same generate calls: FSDP2 needs that), ``fn(records) -> evaluate_policy(..., details=True)`` with
-    ``per_question`` answers per question; the per-answer results are gathered in question order and the
-    means computed over all of them."""
+    same generate calls: FSDP2 needs that), ``fn(records) -> evaluate_policy(..., details=True)``, whose
+    ``eval_samples`` answers per question come question by question; the per-answer results are gathered
+    in question order and the means computed over all of them."""
     rank, world = dist.get_rank(), dist.get_world_size()
     n = len(records)
     if n == 0:
         return fn(records)
     per = -(-n // world)
     mine = records[rank * per:(rank + 1) * per]
-    keep = len(mine) * per_question
-    mine = mine + [records[-1]] * (per - len(mine))
-    res = fn(mine)
+    real = len(mine)
+    res = fn(mine + [records[-1]] * (per - real))
+    per_question = int(res.get("eval_samples", 1))
+    keep = real * per_question
     rows = [(c, f, len(x.completion), x.result.pred, x.rec.gold)
             for c, f, x in zip(res["correct"], res["format_ok"], res["samples"])][:keep]
     parts = gather_objects((rows, res["samples"][:keep] if details else None))

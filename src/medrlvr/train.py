@@ -616,10 +616,9 @@ class Trainer:
         kw = {"samples": samples, "temperature": temperature}
         if self.cfg.world_size == 1:
             return evaluate_policy(self.engine, self.eval_records, self.cfg, self.tok, details=details, **kw)
-        k = self.cfg.eval_samples if samples is None else samples
         return distributed.sharded_eval(
             lambda recs: evaluate_policy(_EngineCall(self._generate), recs, self.cfg, self.tok, details=True, **kw),
-            self.eval_records, details, per_question=k)
+            self.eval_records, details)
 
     def _stop_early(self, rec: dict) -> bool:
         """``stop_answered``: True once ``stop_patience`` steps in a row reached it (every rank sees the same
