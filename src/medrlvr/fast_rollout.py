@@ -76,8 +76,6 @@ class UnsupportedModelError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- weights
-
-
 def _effective_linear(mod) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) a linear layer applies now; peft LoRA deltas of the active adapters are added."""
     if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):

@@ -35,8 +35,9 @@ Monitors (thresholds: :class:`MonitorConfig`):
     format-valid rate keeps format gains alone from raising it.
 ``heldout_position``
     at a step with a held-out evaluation that logged its letters (``eval_top_letter_share``; greedy,
-    or ``eval_samples`` sampled answers per question): one option letter is named by more than ``heldout_top_share`` of the answers that name
-    a letter (at least ``position_min_answered`` of them) while it is the gold letter of at most
+    or ``eval_samples`` sampled answers per question): one option letter is named by more than
+    ``heldout_top_share`` of the answers that name a letter (at least ``position_min_answered`` of them)
+    while it is the gold letter of at most
     ``position_gold_share_max`` of them. Training samples are drawn at temperature 1 and can still mix
     letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
     30-63% for the top letter in training, 81-100% held out), so ``position_hack`` alone misses it.
