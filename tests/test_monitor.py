@@ -179,6 +179,12 @@ def test_heldout_letter_collapse_while_training_letters_mix():
         metrics, samples = _run()
         metrics[6].update(ev)
         assert replay(metrics, samples) == [], ev
+    # its own floor of well-formed answers, not train_heldout_gap's gap_min_format_valid
+    metrics, samples = _run()
+    metrics[6].update(eval_format_valid=0.1, eval_answered=0.0)
+    assert [a.monitor for a in replay(metrics, samples, MonitorConfig(heldout_min_format_valid=0.05))] == [
+        "heldout_letterless"]
+    assert replay(metrics, samples, MonitorConfig(gap_min_format_valid=0.05)) == []
 
 
 def test_heldout_letterless_answers():
@@ -287,6 +293,57 @@ def test_on_alert_stop_checkpoints_and_exits_3(tmp_path, capsys, one_thread):
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_3"
     assert not (out / "final").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_thresholds_from_the_config_live_offline_and_in_the_report(tmp_path, capsys, one_thread):
+    """``monitor.k=2`` raises the zero-variance alert one step earlier than the default k=3; the run's config.yaml
+    keeps the section, so ``medrlvr monitor`` and the report replay with it (and a foreign k would differ)."""
+    from medrlvr.analysis.report import build_report
+    from medrlvr.train import Trainer
+
+    cfg = _tiny(max_steps=3, monitor={"k": 2, "entropy_min": 0.0})
+    assert cfg.monitor == {"k": 2, "entropy_min": 0.0}
+    Trainer(cfg, tmp_path, quiet=True).train()
+    assert "[monitor] ALERT no_learning_signal since step 1 (raised at step 2)" in capsys.readouterr().out
+    alerts, notes = replay_run(tmp_path)
+    assert notes == [] and [(a.monitor, a.raised_step) for a in alerts] == [("no_learning_signal", 2)]
+    assert [a.raised_step for a in replay_run(tmp_path, MonitorConfig())[0]] == [3]
+    assert "raised at step 2" in build_report(tmp_path, quiet=True).read_text()
+    assert main(["monitor", str(tmp_path)]) == ALERT_EXIT_CODE
+    assert "(raised at step 2)" in capsys.readouterr().out
+    # an unreadable section: the defaults, said so
+    (tmp_path / "config.yaml").write_text("monitor: {k: 0}\n")
+    alerts, notes = replay_run(tmp_path)
+    assert [a.raised_step for a in alerts] == [3]
+    assert len(notes) == 1 and "config.yaml: 'monitor.k': must be >= 1" in notes[0] and "defaults used" in notes[0]
+
+
+def test_dotted_monitor_overrides_merge_into_the_file_section(tmp_path):
+    from medrlvr.config import build_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("model: tiny\nmonitor:\n  k: 2\n  echo_rate: 0.5\n")
+    cfg = build_config(str(f), ["monitor.echo_rate=0.1", "monitor.kl_max=1"])
+    assert cfg.monitor == {"k": 2, "echo_rate": 0.1, "kl_max": 1}
+    m = MonitorConfig.from_mapping(cfg.monitor)
+    assert (m.k, m.echo_rate, m.kl_max, m.entropy_min) == (2, 0.1, 1.0, MonitorConfig().entropy_min)
+    assert build_config("tiny").monitor == {}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("monitor.entropy_mn=0.1", "config 'monitor.entropy_mn': unknown monitor threshold; known: k, "),
+    ("monitor.echo_rate=1.5", "config 'monitor.echo_rate': a share: must be in [0, 1], got 1.5"),
+    ("monitor.k=0", "config 'monitor.k': must be >= 1, got 0"),
+    ("monitor.k=1.5", "config 'monitor.k': must be an integer, got 1.5"),
+    ("monitor.kl_max=-1", "config 'monitor.kl_max': must be >= 0, got -1.0"),
+    ("monitor.entropy_min=.nan", "config 'monitor.entropy_min': must be a finite number, got nan"),
+    ("monitor=3", "config 'monitor': must be a mapping of monitor thresholds, got 3"),
+])
+def test_bad_monitor_thresholds_are_one_line_exit_2(tmp_path, capsys, override, message):
+    assert main(["train", "--config", "tiny", "--output", str(tmp_path / "r"), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r").exists()
 
 
 def test_on_alert_is_validated():

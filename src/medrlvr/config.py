@@ -163,6 +163,10 @@ class TrainConfig:
     on_alert: str = "warn"
     """What a raised monitor alert (:mod:`medrlvr.monitor`) does: ``warn`` (console line + ``alerts.jsonl``)
     or ``stop`` (also checkpoint and exit with code 3, so a sweep can move on)."""
+    monitor: dict[str, Any] = field(default_factory=dict)
+    """Monitor thresholds that differ from :class:`medrlvr.monitor.MonitorConfig`'s defaults (each documented
+    there), e.g. ``monitor: {entropy_min: 0.05, k: 2}`` in YAML or ``monitor.entropy_min=0.05`` on the command
+    line. Kept in the run's ``config.yaml``, so ``medrlvr monitor`` and the report replay with them."""
 
     @property
     def rollout_batch(self) -> int:
@@ -242,6 +246,9 @@ class TrainConfig:
             bad("reward_format_step", f"must be in [0, 1/3] (3 steps keep the band below 0), got {self.reward_format_step}")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
+        from .monitor import MonitorConfig
+
+        MonitorConfig.from_mapping(self.monitor)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,7 +387,12 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
             if "=" not in item:
                 raise ValueError(f"override {item!r} is not key=value")
             k, v = item.split("=", 1)
-            ov[k.strip()] = v
+            k = k.strip()
+            if k.startswith("monitor."):  # one threshold: monitor.entropy_min=0.05
+                ov.setdefault(_MONITOR_DOTTED, {})[k[len("monitor."):]] = _scalar(k, v)
+            else:
+                ov[k] = v
+    dotted = ov.pop(_MONITOR_DOTTED, None)
     known = {f.name: f for f in fields(TrainConfig)}
     defaults = TrainConfig()
     values: dict[str, Any] = {}
@@ -389,7 +401,20 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
             if k not in known:
                 raise ValueError(f"{src_name}: unknown config key {k!r}")
             values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
+    if dotted:  # monitor.X=v overrides merge into the file's monitor section
+        base = values.get("monitor") or {}
+        values["monitor"] = {**base, **dotted} if isinstance(base, dict) else base
     return TrainConfig(**values).validate()
+
+
+_MONITOR_DOTTED = object()
+
+
+def _scalar(key: str, value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config '{key}': cannot parse {value!r}: {e}") from None
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

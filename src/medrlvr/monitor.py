@@ -56,7 +56,7 @@ Monitors (thresholds: :class:`MonitorConfig`):
     tags earn its best bad-format score with no content at all (a run of issue 13 with a prompt variant
     settled there, at -0.7 a sample, from step 10: format-valid 0.000 after 12 steps, with no other alert).
 ``heldout_letterless``
-    at a step with a held-out evaluation: at least ``gap_min_format_valid`` of the answers are well-formed,
+    at a step with a held-out evaluation: at least ``heldout_min_format_valid`` of the answers are well-formed,
     but fewer than ``heldout_answered_min`` of the well-formed ones name a letter
     (``eval_answered / eval_format_valid``).
 
@@ -69,7 +69,8 @@ its threshold at the last measured step.
 
 Simplifications: thresholds are absolute and were set from this project's CPU demo runs
 (SmolLM2-135M, GRPO, 8 samples per prompt); a larger model or other sampling settings may need
-others (pass a :class:`MonitorConfig`). Per-step rates come from at most ``rollout_batch`` samples.
+others: set them in the training config's ``monitor:`` section (``monitor.entropy_min=0.05`` on the command
+line), which the run's ``config.yaml`` keeps for ``medrlvr monitor`` and the report. Per-step rates come from at most ``rollout_batch`` samples.
 """
 
 from __future__ import annotations
@@ -79,12 +80,14 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["ALERT_EXIT_CODE", "ADVICE", "MONITORS", "Alert", "MonitorConfig", "MonitorStop", "Monitor",
-           "alert_panel_html", "read_alerts", "replay", "replay_run", "add_cli"]
+           "alert_panel_html", "monitor_config_of", "read_alerts", "replay", "replay_run", "add_cli"]
 
 ALERT_EXIT_CODE = 3
 """Exit code of ``medrlvr train``/``demo`` stopped by ``on_alert: stop``, and of ``medrlvr monitor`` when
@@ -186,7 +189,9 @@ class MonitorConfig:
             runs that went on to name letters peaked at 0.5-0.81 for one to five steps, the two that ended
             letterless stayed at 0.72-0.94 from step 4-6 on; 0.5 alerted on two runs that recovered.
         heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
-            answers name a letter (default 0.5), with at least ``gap_min_format_valid`` of them well-formed.
+            answers name a letter (default 0.5) ...
+        heldout_min_format_valid: ... with at least this share of the held-out answers well-formed (default
+            0.25; fewer are too few to measure the share naming a letter).
         empty_answer_rate: ``empty_answers`` when at least this share of a step's samples have an
             ``<answer>`` block with no word in it (default 0.5; the run of issue 13 that settled there had
             0.66-0.88 at steps 10-12; the 37 earlier CPU demo runs of issue 13 kept under runs/ at most
@@ -218,13 +223,68 @@ class MonitorConfig:
     heldout_top_share: float = 0.5
     letterless_rate: float = 0.75
     heldout_answered_min: float = 0.5
+    heldout_min_format_valid: float = 0.25
     empty_answer_rate: float = 0.5
     format_min: float = 0.1
     format_grace_steps: int = 8
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.k_eval < 1 or self.baseline_steps < 1:
-            raise ValueError("MonitorConfig: k, k_eval and baseline_steps must be >= 1")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            isnum = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if f.type == "int" and not (isnum and isinstance(v, int)):
+                raise ValueError(f"monitor '{f.name}': must be an integer, got {v!r}")
+            if f.type == "float" and not (isnum and math.isfinite(v)):
+                raise ValueError(f"monitor '{f.name}': must be a finite number, got {v!r}")
+            if f.name in _AT_LEAST_ONE and v < 1:
+                raise ValueError(f"monitor '{f.name}': must be >= 1, got {v!r}")
+            if f.name in _SHARES and not 0 <= v <= 1:
+                raise ValueError(f"monitor '{f.name}': a share: must be in [0, 1], got {v!r}")
+            if v < 0:
+                raise ValueError(f"monitor '{f.name}': must be >= 0, got {v!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, label: str = "config") -> "MonitorConfig":
+        """Thresholds from a mapping (the ``monitor`` section of a training config). Errors name the key as
+        ``{label} 'monitor.KEY'``; unknown keys are refused by name; an int is accepted for a float."""
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{label} 'monitor': must be a mapping of monitor thresholds, got {values!r}")
+        known = {f.name: f for f in fields(cls)}
+        kw = {}
+        for k, v in values.items():
+            if k not in known:
+                raise ValueError(f"{label} 'monitor.{k}': unknown monitor threshold; known: {', '.join(known)}")
+            if known[k].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            kw[k] = v
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(str(e).replace("monitor '", f"{label} 'monitor.", 1)) from None
+
+
+_SHARES = ("zero_var_max", "length_min_frac", "position_top_share", "position_gold_share_max", "echo_rate",
+           "answer_in_think_rate", "reasoning_before_think_rate", "gap_train_gain", "gap_heldout_gain_max",
+           "gap_min_format_valid", "heldout_top_share", "letterless_rate", "heldout_answered_min",
+           "heldout_min_format_valid", "empty_answer_rate", "format_min")
+_AT_LEAST_ONE = ("k", "k_eval", "baseline_steps", "position_min_answered")
+
+
+def monitor_config_of(run_dir: str | Path) -> tuple[MonitorConfig, list[str]]:
+    """The thresholds a run was trained with: the ``monitor`` section of ``RUN_DIR/config.yaml``, so
+    ``medrlvr monitor`` and the report give the verdicts the live run gave. Defaults (and a note) when the
+    file is missing or its section unreadable."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return MonitorConfig(), []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return MonitorConfig.from_mapping(data.get("monitor") if isinstance(data, dict) else None,
+                                          label=f"{path}:"), []
+    except (yaml.YAMLError, ValueError, OSError) as e:
+        return MonitorConfig(), [f"{path}: monitor thresholds unreadable ({str(e).splitlines()[0]}); defaults used"]
 
 
 @dataclass
@@ -352,7 +412,7 @@ class Monitor:
                 f"held-out ({_eval_how(rec)}): letter {top} in {hs:.0%} of {hk:.0f} answers (> {c.heldout_top_share:.0%}) but "
                 f"gold in {gs:.0%} of them (<= {c.position_gold_share_max:.0%})", None)
         ans, efv = _num(rec.get("eval_answered")), _num(rec.get("eval_format_valid"))
-        if ans is not None and efv is not None and efv >= c.gap_min_format_valid:
+        if ans is not None and efv is not None and efv >= c.heldout_min_format_valid:
             share = min(1.0, ans / efv)
             out["heldout_letterless"] = (
                 share < c.heldout_answered_min, share, c.heldout_answered_min,
@@ -460,8 +520,8 @@ def _feed(mon: Monitor, metrics: Iterable[Mapping[str, Any]], samples: Iterable[
 
 
 def replay_run(run_dir: str | Path, config: MonitorConfig | None = None) -> tuple[list[Alert], list[str]]:
-    """:func:`replay` over ``RUN_DIR/metrics.jsonl`` and ``samples.jsonl``; also returns notes on what
-    was missing or unreadable.
+    """:func:`replay` over ``RUN_DIR/metrics.jsonl`` and ``samples.jsonl``, with the thresholds of the run's
+    ``config.yaml`` unless ``config`` is given; also returns notes on what was missing or unreadable.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory or has no ``metrics.jsonl``.
@@ -482,6 +542,9 @@ def replay_run(run_dir: str | Path, config: MonitorConfig | None = None) -> tupl
         notes.append(f"{run / 'samples.jsonl'}: {bad_s} unreadable line(s) skipped")
     if not (run / "samples.jsonl").is_file():
         notes.append(f"{run / 'samples.jsonl'}: not found; sample-based monitors not measured")
+    if config is None:
+        config, cnotes = monitor_config_of(run)
+        notes += cnotes
     return replay(metrics, samples, config), notes
 
 

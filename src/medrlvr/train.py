@@ -262,9 +262,10 @@ class Trainer:
                 resume_mod.record_changes(self.out, self.step, self._changes)
         self._tb = None
         self._purge_step = self.step + 1 if resume else None
-        from .monitor import Monitor, resume_monitor
+        from .monitor import Monitor, MonitorConfig, resume_monitor
 
-        self.monitor = resume_monitor(self.out) if resume and self.is_main else Monitor()
+        mcfg = MonitorConfig.from_mapping(cfg.monitor)
+        self.monitor = resume_monitor(self.out, mcfg) if resume and self.is_main else Monitor(mcfg)
         self._monitor_samples, self._alert_stop = [], []
 
     # ------------------------------------------------------------------------------------ logging

@@ -50,7 +50,7 @@ from medrlvr.analysis.stages import (
     segments,
     stage_distribution,
 )
-from medrlvr.monitor import ALERT_CSS, alert_panel_html, replay
+from medrlvr.monitor import ALERT_CSS, alert_panel_html, monitor_config_of, replay
 from medrlvr.reward import FLAGS
 
 __all__ = ["STAGE_COLORS", "TRAINING_METRICS", "build_report", "read_jsonl"]
@@ -627,6 +627,8 @@ def build_report(
         config_text = cpath.read_text(encoding="utf-8", errors="replace")
     else:
         notes.append("config.yaml not found")
+    mon_cfg, mon_notes = monitor_config_of(src)  # the run's own thresholds (config.yaml's monitor section)
+    notes += mon_notes
 
     feats = sample_features(samples, cfg)
     stages = classify_samples(samples, cfg, feats=feats)
@@ -683,7 +685,7 @@ def build_report(
         f"<h1>medrlvr run report: {_E(run.resolve().name)}</h1>",
         f'<p class="meta">{_E(str(run.resolve()))} · generated {_E(_dt.datetime.now().isoformat(timespec="seconds"))}</p>',
         '<ul class="meta">' + "".join(f"<li>{_E(s)}</li>" for s in summary) + "</ul>",
-        alert_panel_html(replay(metrics, samples)),  # the monitors' verdicts (medrlvr.monitor), at the top
+        alert_panel_html(replay(metrics, samples, mon_cfg)),  # the monitors' verdicts (medrlvr.monitor), at the top
     ]
     if notes:
         parts.append('<h2>Skipped</h2><ul class="notes">' + "".join(f"<li>{_E(n)}</li>" for n in notes) + "</ul>")
