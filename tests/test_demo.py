@@ -83,6 +83,7 @@ def test_demo_sampled_evaluation_with_greedy_alongside(tmp_path, monkeypatch):
     assert r["_meta"]["samples"] == 3 and r["_meta"]["temperature"] == 1.0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["eval_samples"] == 3 and lines[-1]["eval_samples"] == 3
+    assert lines[0]["eval_temperature"] == lines[-1]["eval_temperature"] == 1.0
 
 
 def test_question_ci_resamples_questions():

@@ -132,6 +132,7 @@ def test_two_processes_equal_one(runs, algo, parallel):
     assert ("eval_accuracy" in m2[-1]) == (algo == "ppo")
     if algo == "ppo":   # the sharded sampled evaluation: 5 questions (rank 1's slice padded), 2 answers each
         assert m2[-1]["eval_n"] == 5 and m2[-1]["eval_samples"] == 2 and m2[-1]["eval_answered_n"] <= 10
+        assert m2[-1]["eval_temperature"] == 1.0
     # rank 0 wrote every rank's samples, in global order, and every rank's RNG state
     s1 = (d / f"{algo}_1p" / "samples.jsonl").read_text().splitlines()
     s2 = (run / "samples.jsonl").read_text().splitlines()[:len(s1)]

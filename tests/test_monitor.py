@@ -174,6 +174,9 @@ def test_heldout_letter_collapse_while_training_letters_mix():
     metrics[6].update(_heldout(0.84, answered=128) | {"eval_samples": 4})
     (a,) = replay(metrics, samples)
     assert "held-out (4 sampled per question): letter C in 84% of 128" in a.evidence
+    metrics[6]["eval_temperature"] = 0.7     # rows that log the temperature name it, as the demo's summary does
+    (a,) = replay(metrics, samples)
+    assert "held-out (4 sampled per question at T=0.7): letter C" in a.evidence
     # the share must pass the threshold; the letter being the gold that often, or too few answers, is no hack
     for ev in (_heldout(0.5), _heldout(0.9, gold_share=0.8), _heldout(1.0, answered=5)):
         metrics, samples = _run()

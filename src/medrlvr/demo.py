@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .config import build_config
-from .monitor import MonitorConfig
+from .monitor import MonitorConfig, eval_how
 from .train import Trainer
 
 
@@ -46,13 +46,6 @@ def question_ci(ev: dict, key: str = "correct") -> list[float]:
     k = max(1, int(ev.get("eval_samples", 1)))
     c = ev[key]
     return _bootstrap_ci([sum(c[i:i + k]) / len(c[i:i + k]) for i in range(0, len(c), k)])
-
-
-def eval_mode(samples: int, temperature: float) -> str:
-    """``greedy`` or ``K sampled per question at T=...``."""
-    if samples == 1 and temperature == 0:
-        return "greedy"
-    return f"{samples} sampled per question at T={temperature:g}"
 
 
 def _results(ev: dict, f: dict, name: str, model: str, template: str) -> dict:
@@ -109,7 +102,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     if data_root:
         cfg.data_root = data_root
     trainer = Trainer(cfg, out)
-    mode = eval_mode(cfg.eval_samples, cfg.eval_temperature)
+    mode = eval_how(cfg.eval_samples, cfg.eval_temperature)
     sampled = mode != "greedy"
     print(f"[demo] evaluating {cfg.model} on {len(trainer.eval_records)} held-out questions ({cfg.eval_data}, {mode})")
     before = trainer.evaluate(details=True)
@@ -117,7 +110,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     print(f"[demo] before: accuracy {before['eval_accuracy']:.3f}, format-valid {before['eval_format_valid']:.3f}")
     # step 0 in metrics.jsonl, so the report's accuracy curve starts from the untrained model
     trainer._log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
-                                                        "eval_n", "eval_samples")})
+                                                        "eval_n", "eval_samples", "eval_temperature")})
     history = trainer.train()
     after = trainer.final_eval                 # the trainer's own evaluation at its last step (no second pass)
     if after is None:

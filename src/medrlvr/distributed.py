@@ -443,7 +443,7 @@ def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
     m = max(1, len(allrows))
     out = {"eval_accuracy": sum(r[0] for r in allrows) / m, "eval_format_valid": sum(r[1] for r in allrows) / m,
            "eval_response_chars": sum(r[2] for r in allrows) / m, "eval_n": len(allrows) // per_question,
-           "eval_samples": per_question}
+           "eval_samples": per_question, "eval_temperature": res.get("eval_temperature")}
     from .analysis.stages import heldout_letter_metrics
 
     out.update(heldout_letter_metrics((r[3], r[4]) for r in allrows))

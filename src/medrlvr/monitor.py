@@ -87,7 +87,7 @@ from typing import Any
 import yaml
 
 __all__ = ["ALERT_EXIT_CODE", "ADVICE", "MONITORS", "Alert", "MonitorConfig", "MonitorStop", "Monitor",
-           "alert_panel_html", "monitor_config_of", "read_alerts", "replay", "replay_run", "add_cli"]
+           "alert_panel_html", "eval_how", "monitor_config_of", "read_alerts", "replay", "replay_run", "add_cli"]
 
 ALERT_EXIT_CODE = 3
 """Exit code of ``medrlvr train``/``demo`` stopped by ``on_alert: stop``, and of ``medrlvr monitor`` when
@@ -141,10 +141,18 @@ ADVICE: dict[str, str] = {
 """What to try, per monitor (shown in the console line, alerts.jsonl and the report)."""
 
 
+def eval_how(samples: float | None, temperature: float | None = None) -> str:
+    """How held-out answers were drawn: ``greedy`` or ``K sampled per question at T=...`` (without the
+    temperature where it is unknown, e.g. metrics rows written before it was logged). The demo's summary and
+    the ``heldout_*`` evidence both say it this way."""
+    if temperature == 0 or (temperature is None and (not samples or samples <= 1)):
+        return "greedy"
+    k = f"{samples:.0f} sampled" if samples and samples > 1 else "1 sampled"
+    return f"{k} per question" + (f" at T={temperature:g}" if temperature is not None else "")
+
+
 def _eval_how(rec: Mapping[str, Any]) -> str:
-    """How a metrics row's held-out answers were drawn: ``greedy`` or ``K sampled per question``."""
-    k = _num(rec.get("eval_samples"))
-    return "greedy" if not k or k <= 1 else f"{k:.0f} sampled per question"
+    return eval_how(_num(rec.get("eval_samples")), _num(rec.get("eval_temperature")))
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, bat
     out = {"eval_accuracy": sum(s.result.correct for s in samples_) / n,
            "eval_format_valid": sum(s.result.format_ok for s in samples_) / n,
            "eval_response_chars": sum(len(s.completion) for s in samples_) / n,
-           "eval_n": len(records), "eval_samples": k}
+           "eval_n": len(records), "eval_samples": k, "eval_temperature": float(temp)}
     out.update(heldout_letter_metrics((s.result.pred, s.rec.gold) for s in samples_))
     if details:
         out["correct"] = [float(s.result.correct) for s in samples_]
