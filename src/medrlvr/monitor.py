@@ -70,7 +70,8 @@ its threshold at the last measured step.
 Simplifications: thresholds are absolute and were set from this project's CPU demo runs
 (SmolLM2-135M, GRPO, 8 samples per prompt); a larger model or other sampling settings may need
 others: set them in the training config's ``monitor:`` section (``monitor.entropy_min=0.05`` on the command
-line), which the run's ``config.yaml`` keeps for ``medrlvr monitor`` and the report. Per-step rates come from at most ``rollout_batch`` samples.
+line), which the run's ``config.yaml`` keeps for ``medrlvr monitor`` and the report. Per-step rates come from
+at most ``rollout_batch`` samples.
 """
 
 from __future__ import annotations

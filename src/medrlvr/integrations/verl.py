@@ -149,7 +149,7 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "parallel": ("(none)", "verl runs its own FSDP workers (--nnodes / --gpus-per-node): only the default passes"),
     "dist_timeout_s": ("(none)", "medrlvr's process-group timeout, not used by verl: any value passes"),
     "on_alert": ("(none)", "medrlvr's monitors do not run inside verl: only the default passes"),
-    "monitor": ("(none)", "thresholds of medrlvr monitor / report on the run (its config.yaml keeps them): any value passes"),
+    "monitor": ("(none)", "thresholds of medrlvr monitor / report on the run (in its config.yaml): any value passes"),
     "reward_no_letter": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_echo": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_format_step": ("(none)", "the reward file uses the scheme's default: only the default passes"),
