@@ -71,6 +71,8 @@ def test_demo_sampled_evaluation_with_greedy_alongside(tmp_path, monkeypatch):
     assert calls == [(None, None), (1, 0.0), (None, None), (1, 0.0)]
     s = json.loads((out / "summary.json").read_text())
     assert s["eval"] == "3 sampled per question at T=1"
+    assert list(s["times_s"]) == ["eval_before_s", "eval_before_greedy_s", "train_s", "eval_after_greedy_s"]
+    assert all(v >= 0 for v in s["times_s"].values()) and sum(s["times_s"].values()) <= s["wall_s"]
     for k in ("before", "after"):
         assert s[k]["n"] == 4 and s[k]["samples"] == 3 and s[k]["temperature"] == 1.0
         g = s[k]["greedy"]

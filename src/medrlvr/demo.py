@@ -15,8 +15,10 @@ letter), ``top_letter_share`` (the most frequent letter's share of those), ``let
 ``template_echo`` (share of answers flagged ``template_echo``), ``random_baseline`` (the accuracy of a
 uniform random letter: mean of 1 / n_options), ``samples`` and ``temperature``. When that evaluation samples,
 each also holds ``greedy``: the same figures from greedy decoding, for comparison. The top level holds
-``alerts``, the monitors' alerts (:mod:`medrlvr.monitor`; empty when none), and ``eval``, the evaluation's
-description.
+``alerts``, the monitors' alerts (:mod:`medrlvr.monitor`; empty when none), ``eval``, the evaluation's
+description, and ``times_s``: seconds of each held-out pass the demo runs itself (``eval_before_s``,
+``eval_before_greedy_s``, ``eval_after_greedy_s``) and of ``train_s`` (the steps and the trainer's evaluation
+at its last step); ``wall_s`` adds model loading and writing the report.
 """
 
 from __future__ import annotations
@@ -107,17 +109,27 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     mode = eval_how(cfg.eval_samples, cfg.eval_temperature)
     sampled = mode != "greedy"
     print(f"[demo] evaluating {cfg.model} on {len(trainer.eval_records)} held-out questions ({cfg.eval_data}, {mode})")
-    before = trainer.evaluate(details=True)
-    before_g = trainer.evaluate(details=True, samples=1, temperature=0.0) if sampled else before
+    times = {}
+
+    def timed(key, fn):
+        t = time.perf_counter()
+        r = fn()
+        times[key] = round(time.perf_counter() - t, 1)
+        return r
+
+    before = timed("eval_before_s", lambda: trainer.evaluate(details=True))
+    before_g = (timed("eval_before_greedy_s", lambda: trainer.evaluate(details=True, samples=1, temperature=0.0))
+                if sampled else before)
     print(f"[demo] before: accuracy {before['eval_accuracy']:.3f}, format-valid {before['eval_format_valid']:.3f}")
     # step 0 in metrics.jsonl, so the report's accuracy curve starts from the untrained model
     trainer._log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
                                                         "eval_n", "eval_samples", "eval_temperature")})
-    history = trainer.train()
+    history = timed("train_s", trainer.train)   # with the trainer's own evaluation at its last step
     after = trainer.final_eval                 # the trainer's own evaluation at its last step (no second pass)
     if after is None:
-        after = trainer.evaluate(details=True)
-    after_g = trainer.evaluate(details=True, samples=1, temperature=0.0) if sampled else after
+        after = timed("eval_after_s", lambda: trainer.evaluate(details=True))
+    after_g = (timed("eval_after_greedy_s", lambda: trainer.evaluate(details=True, samples=1, temperature=0.0))
+               if sampled else after)
     print(f"[demo] after:  accuracy {after['eval_accuracy']:.3f}, format-valid {after['eval_format_valid']:.3f}")
     name = cfg.eval_data
     keys = ("accuracy", "format_valid", "response_chars")
@@ -142,7 +154,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     alerts = [a.to_dict() for a in trainer.monitor.alerts]
     summary = {"before": summ["before"], "after": summ["after"], "eval": mode,
                "alerts": alerts, "steps": len(history), "max_steps": cfg.max_steps,
-               "stopped_early": trainer.stopped_early, "wall_s": round(wall, 1), "model": cfg.model,
+               "stopped_early": trainer.stopped_early, "wall_s": round(wall, 1), "times_s": times, "model": cfg.model,
                "algo": cfg.algo, "eval_data": name, "train_data": cfg.train_data, "seed": cfg.seed}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -176,7 +188,8 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
           f"Monitors (`medrlvr monitor {out}`): {verdict}.", "", letter_verdict(summ["after"], mode)]
     if sampled:
         md += ["", letter_verdict(summ["after"]["greedy"], "greedy")]
-    md += ["", f"Wall time: {wall:.0f} s.", ""]
+    parts = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f} s" for k, v in times.items())
+    md += ["", f"Wall time: {wall:.0f} s ({parts}).", ""]
     (out / "summary.md").write_text("\n".join(md))
     try:
         from .analysis.report import build_report
