@@ -9,11 +9,12 @@ echoed answers. It is a measurement, not a test.
 
 Usage::
 
-    python bench/heldout_tail.py RUN_DIR [RUN_DIR ...] [--k 32] [--temps 1.0,0.6] [--path auto|bf16|fp32]
+    python bench/heldout_tail.py RUN_DIR [RUN_DIR ...] [--k 32] [--temps 1.0,0.6] [--path auto|bf16|fp32] [--seed S]
 
 Each RUN_DIR is a demo run directory with ``final/`` (its ``config.yaml`` gives the preset values); the
 questions, prompts and per-question seeds are the demo's (``eval_limit`` questions of ``eval_data``).
-``--path`` sets ``MEDRLVR_BF16`` as the run had it (fp32 runs: ``--path fp32``).
+``--path`` sets ``MEDRLVR_BF16`` as the run had it (fp32 runs: ``--path fp32``). ``--seed`` draws with another
+seed's per-question seeds than the run's own (a second, independent draw of the same model).
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def measure(run_dir: Path, k: int, temps: list[float]) -> list[dict]:
+def measure(run_dir: Path, k: int, temps: list[float], seed: int | None = None) -> list[dict]:
     from medrlvr.config import build_config
     from medrlvr.train import Trainer
 
     final = run_dir / "final"
     if not (final / "model.safetensors").is_file():
         raise SystemExit(f"heldout_tail: {final}: no model.safetensors (run the demo with --keep-weights)")
-    cfg = build_config(str(run_dir / "config.yaml"), [f"model={final}"])
+    over = [f"model={final}"] + ([f"seed={seed}"] if seed is not None else [])
+    cfg = build_config(str(run_dir / "config.yaml"), over)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t = Trainer(cfg, Path(tmp) / "run", quiet=True)
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=32, help="answers sampled per held-out question")
     ap.add_argument("--temps", default="1.0,0.6", help="comma-separated sampling temperatures (> 0)")
     ap.add_argument("--path", choices=("auto", "bf16", "fp32"), default="auto")
+    ap.add_argument("--seed", type=int, default=None, help="draw with this seed instead of the run's")
     a = ap.parse_args(argv)
     temps = [float(x) for x in a.temps.split(",")]
     if a.k < 1 or any(t <= 0 for t in temps):
@@ -78,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MEDRLVR_BF16"] = "1" if a.path == "bf16" else "0"
     from medrlvr.hardware import cpu_model, fast_bf16
 
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; path {a.path} (bf16 {'on' if fast_bf16() else 'off'})")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; path {a.path} (bf16 {'on' if fast_bf16() else 'off'}); "
+          f"seed {'of each run' if a.seed is None else a.seed}")
     print("| run | T | answers | template echo [95% CI of the rate] | format-valid | letter | top letter | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in a.runs:
-        for row in measure(r, a.k, temps):
+        for row in measure(r, a.k, temps, a.seed):
             lo, hi = row["echo_ci95"]
             top = f"{row['top_letter']} {row['top_letter_share']:.0%}" if row["top_letter"] else "none"
             print(f"| {r} | {row['temperature']:g} | {row['answers']} | {row['echo']} [{lo:.2%}, {hi:.2%}] | "
