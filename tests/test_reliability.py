@@ -12,6 +12,7 @@ import builtins
 import errno
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -302,8 +303,25 @@ def test_cli_resume_with_changed_lr_exits_2(saved_run, capsys):
 def test_nonsense_values_are_refused_by_key(tmp_path, yaml_line, key):
     p = tmp_path / "c.yaml"
     p.write_text("model: tiny\n" + yaml_line + "\n")
-    with pytest.raises(ValueError, match=f"config '{key}'"):
+    with pytest.raises(ValueError, match=re.escape(f"{p}:2: config '{key}'")):   # the file, its line, the key
         build_config(str(p))
+
+
+def test_config_file_errors_name_the_file_and_line_unless_an_override_set_the_value(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: tiny\n\nmonitor:\n  echo_rate: 0.2\n  k: 0\nbogus: 1\n")
+    with pytest.raises(ValueError, match=re.escape(f"{p}:6: unknown config key 'bogus'")):
+        build_config(str(p))
+    p.write_text("model: tiny\n\nmonitor:\n  echo_rate: 0.2\n  k: 0\n")
+    with pytest.raises(ValueError, match=re.escape(f"{p}:5: config 'monitor.k': must be >= 1, got 0")):
+        build_config(str(p))
+    with pytest.raises(ValueError, match=r"^config 'monitor.k': must be >= 1, got -1$"):   # the override's value
+        build_config(str(p), ["monitor.k=-1"])
+    p.write_text("model: tiny\nlr: 0.5\n")
+    with pytest.raises(ValueError, match=r"^config 'lr': must be in \(0, 1\], got 7.0$"):
+        build_config(str(p), ["lr=7"])
+    with pytest.raises(ValueError, match=r"^config 'lr'"):                                 # a preset: no file
+        build_config("tiny", ["lr=7"])
 
 
 def test_non_finite_weights_stop_training_and_are_never_checkpointed(tokenizer, tmp_path, monkeypatch, one_thread):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -393,18 +394,55 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
             else:
                 ov[k] = v
     dotted = ov.pop(_MONITOR_DOTTED, None)
+    is_file = origin not in ("defaults", "dict") and not origin.startswith("preset ")
+    lines = _key_lines(text) if is_file else {}
+
+    def in_file(msg: str) -> str:
+        """``msg`` prefixed with ``FILE:LINE:`` when the key it names has its value from the config file."""
+        m = re.match(r"config '([^']+)'", msg)
+        key = m.group(1) if m else ""
+        top = key.split(".")[0]
+        if not is_file or top not in data or top in ov or (key != top and key.split(".", 1)[1] in (dotted or {})):
+            return msg
+        line = lines.get(key) or lines.get(top)
+        return f"{origin}:{line}: {msg}" if line else f"{origin}: {msg}"
+
     known = {f.name: f for f in fields(TrainConfig)}
     defaults = TrainConfig()
     values: dict[str, Any] = {}
     for src_name, src in ((origin, data), ("override", ov)):
         for k, v in src.items():
             if k not in known:
-                raise ValueError(f"{src_name}: unknown config key {k!r}")
-            values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
+                where = f"{origin}:{lines[k]}" if src is data and k in lines else src_name
+                raise ValueError(f"{where}: unknown config key {k!r}")
+            try:
+                values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
+            except ValueError as e:
+                raise ValueError(in_file(str(e)) if src is data else str(e)) from None
     if dotted:  # monitor.X=v overrides merge into the file's monitor section
         base = values.get("monitor") or {}
         values["monitor"] = {**base, **dotted} if isinstance(base, dict) else base
-    return TrainConfig(**values).validate()
+    try:
+        return TrainConfig(**values).validate()
+    except ValueError as e:
+        raise ValueError(in_file(str(e))) from None
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line (1-based) of each top-level key of a YAML config, and of each key of a nested mapping as
+    ``outer.inner`` (for ``monitor:``), so an error can name where the value is."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for kn, vn in node.value:
+            out[str(kn.value)] = kn.start_mark.line + 1
+            if isinstance(vn, yaml.MappingNode):
+                for kn2, _ in vn.value:
+                    out[f"{kn.value}.{kn2.value}"] = kn2.start_mark.line + 1
+    return out
 
 
 _MONITOR_DOTTED = object()
