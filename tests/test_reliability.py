@@ -322,6 +322,9 @@ def test_config_file_errors_name_the_file_and_line_unless_an_override_set_the_va
         build_config(str(p), ["lr=7"])
     with pytest.raises(ValueError, match=r"^config 'lr'"):                                 # a preset: no file
         build_config("tiny", ["lr=7"])
+    p.write_text("model: tiny\nlr: abc\n")                  # a file value that cannot be read is the file's, override or not
+    with pytest.raises(ValueError, match=re.escape(f"{p}:2: config 'lr': expected a number")):
+        build_config(str(p), ["lr=0.1"])
 
 
 def test_non_finite_weights_stop_training_and_are_never_checkpointed(tokenizer, tmp_path, monkeypatch, one_thread):

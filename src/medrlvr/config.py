@@ -380,6 +380,7 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
             raise ValueError(f"{origin}: invalid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{origin}: expected a mapping of config keys")
+    dotted: dict[str, Any] = {}  # monitor.KEY=v overrides, merged into the monitor section below
     if isinstance(overrides, dict):
         ov = dict(overrides)
     else:
@@ -390,22 +391,18 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
             k, v = item.split("=", 1)
             k = k.strip()
             if k.startswith("monitor."):  # one threshold: monitor.entropy_min=0.05
-                ov.setdefault(_MONITOR_DOTTED, {})[k[len("monitor."):]] = _scalar(k, v)
+                dotted[k[len("monitor."):]] = _scalar(k, v)
             else:
                 ov[k] = v
-    dotted = ov.pop(_MONITOR_DOTTED, None)
     is_file = origin not in ("defaults", "dict") and not origin.startswith("preset ")
     lines = _key_lines(text) if is_file else {}
 
-    def in_file(msg: str) -> str:
-        """``msg`` prefixed with ``FILE:LINE:`` when the key it names has its value from the config file."""
-        m = re.match(r"config '([^']+)'", msg)
-        key = m.group(1) if m else ""
-        top = key.split(".")[0]
-        if not is_file or top not in data or top in ov or (key != top and key.split(".", 1)[1] in (dotted or {})):
-            return msg
-        line = lines.get(key) or lines.get(top)
-        return f"{origin}:{line}: {msg}" if line else f"{origin}: {msg}"
+    def at(key: str) -> str:
+        """``FILE:LINE: `` of a key of the config file (``monitor.k`` or ``lr``); empty for a preset or a dict."""
+        if not is_file:
+            return ""
+        line = lines.get(key) or lines.get(key.split(".")[0])
+        return f"{origin}:{line}: " if line else f"{origin}: "
 
     known = {f.name: f for f in fields(TrainConfig)}
     defaults = TrainConfig()
@@ -413,19 +410,22 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
     for src_name, src in ((origin, data), ("override", ov)):
         for k, v in src.items():
             if k not in known:
-                where = f"{origin}:{lines[k]}" if src is data and k in lines else src_name
-                raise ValueError(f"{where}: unknown config key {k!r}")
+                where = (at(k) or f"{src_name}: ") if src is data else "override: "
+                raise ValueError(f"{where}unknown config key {k!r}")
             try:
                 values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
             except ValueError as e:
-                raise ValueError(in_file(str(e)) if src is data else str(e)) from None
+                raise ValueError((at(k) if src is data else "") + str(e)) from None
     if dotted:  # monitor.X=v overrides merge into the file's monitor section
         base = values.get("monitor") or {}
         values["monitor"] = {**base, **dotted} if isinstance(base, dict) else base
     try:
         return TrainConfig(**values).validate()
-    except ValueError as e:
-        raise ValueError(in_file(str(e))) from None
+    except ValueError as e:  # named with the file's line when the value it names came from the file
+        m = re.match(r"config '([^']+)'", str(e))
+        top, _, sub = (m.group(1) if m else "").partition(".")
+        from_file = top in data and top not in ov and sub not in dotted
+        raise ValueError((at(m.group(1)) if m and from_file else "") + str(e)) from None
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -444,8 +444,6 @@ def _key_lines(text: str) -> dict[str, int]:
                     out[f"{kn.value}.{kn2.value}"] = kn2.start_mark.line + 1
     return out
 
-
-_MONITOR_DOTTED = object()
 
 
 def _scalar(key: str, value: str) -> Any:

@@ -18,7 +18,7 @@ each also holds ``greedy``: the same figures from greedy decoding, for compariso
 ``alerts``, the monitors' alerts (:mod:`medrlvr.monitor`; empty when none), ``eval``, the evaluation's
 description, and ``times_s``: seconds of each held-out pass the demo runs itself (``eval_before_s``,
 ``eval_before_greedy_s``, ``eval_after_greedy_s``) and of ``train_s`` (the steps and the trainer's evaluation
-at its last step); ``wall_s`` adds model loading and writing the report.
+at its last step); ``wall_s`` adds model loading and writing these files (the report is built after it).
 """
 
 from __future__ import annotations
