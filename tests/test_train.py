@@ -293,3 +293,9 @@ def test_stop_answered_streak_survives_a_resume(tmp_path):
     part.train(2)                                    # checkpointed at step 2 with a streak of 2
     resumed = Trainer(_cfg(**kw), tmp_path / "part", quiet=True, reward_fn=always, resume=True)
     assert resumed.step == 2 and len(resumed.train()) == 1 and resumed.stopped_early and resumed.step == 3
+    # resuming the early stop itself trains nothing, as a run at max_steps; stop_answered=0 trains on
+    again = Trainer(_cfg(**kw), tmp_path / "part", quiet=True, reward_fn=always, resume=True)
+    assert again.step == 3 and again.train() == [] and again.stopped_early and again.step == 3
+    on = Trainer(_cfg(**(kw | {"stop_answered": 0.0})), tmp_path / "part", quiet=True, reward_fn=always,
+                 resume=True, allow_change=("stop_answered",))
+    assert len(on.train()) == 3 and on.step == 6 and not on.stopped_early

@@ -161,9 +161,11 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     def row(tag, f):
         lets = " ".join(f"{k}:{v}" for k, v in f["letters"].items()) or "none"
         ci = f["ci95"]
+        answers = f["n"] * f["samples"]           # a rare echo reads as a count (0.01 of 128 would hide it)
+        echo = f"{round(f['template_echo'] * answers)} of {answers}"
         return (f"| {tag} | {f['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {f['random_baseline']:.3f} | "
                 f"{f['format_valid']:.3f} | {f['answered']:.2f} | {lets} ({f['top_letter_share']:.0%} top) | "
-                f"{f['template_echo']:.2f} | {f['response_chars']:.0f} |")
+                f"{echo} | {f['response_chars']:.0f} |")
 
     verdict = ("no alert" if not alerts else "; ".join(
         f"**{a['monitor']}** since step {a['onset_step']} ({a['evidence']}; "

@@ -635,9 +635,26 @@ class Trainer:
         self.stopped_early = self._answered_streak >= c.stop_patience
         return self.stopped_early
 
+    def _finished_early(self) -> bool:
+        """A resumed run whose checkpoint is the step where ``stop_answered`` ended it (its streak already at
+        ``stop_patience`` under the current config) is finished, as one at ``max_steps`` is: resuming it trains no
+        further step. ``stop_answered=0`` or a larger ``stop_patience`` (``--allow-change``) trains on."""
+        c = self.cfg
+        if not (c.stop_answered and self.step and self._answered_streak >= c.stop_patience):
+            return False
+        self.stopped_early = True
+        if not self.quiet and self.is_main:
+            print(f"[train] nothing to resume: the run stopped early at step {self.step} (stop_answered "
+                  f"{c.stop_answered:g} for {c.stop_patience} steps in a row); to train on, resume with "
+                  f"stop_answered=0 --allow-change stop_answered, or a larger stop_patience --allow-change "
+                  f"stop_patience", flush=True)
+        return True
+
     def train(self, max_steps: int | None = None) -> list[dict]:
         cfg = self.cfg
         end = min(max_steps or cfg.max_steps, cfg.max_steps)
+        if self._finished_early():
+            end = self.step                   # resumed from the checkpoint of an early stop: nothing to train
         history = []
         try:
             from tqdm.auto import tqdm
