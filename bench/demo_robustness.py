@@ -10,7 +10,7 @@ a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CP
 Usage::
 
     python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N]
-                                    [--keep-weights] [KEY=VALUE ...]
+                                    [--keep-weights] [--tail K] [KEY=VALUE ...]
 
 ``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
 bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
@@ -18,6 +18,12 @@ to ``OUT/results.jsonl`` as each run ends (a run already there is not repeated, 
 restarted), and the table of every run in ``OUT`` is written to ``OUT/table.md``. Each run's weights
 (checkpoint and final model, ~2.1 GB) are deleted once its summary is read, unless ``--keep-weights``. Wall
 times depend on the machine's load: say what else ran.
+
+``--tail K`` (0 = off) also draws K answers per held-out question from each final model at the demo's
+evaluation temperature with ``bench/heldout_tail.py`` (before its weights are deleted) and adds a column with the
+template-echo count of those answers and a 95% Wilson interval of its rate: "echo 0" over 4 answers per question
+passes or fails by chance for a model that echoes a few times in a thousand (README, the demo section). The
+criteria are unchanged; the column is evidence next to them.
 """
 
 from __future__ import annotations
@@ -49,7 +55,23 @@ def drop_weights(d: Path) -> None:
         shutil.rmtree(d / sub, ignore_errors=True)
 
 
-def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0) -> dict:
+def tail_of(d: Path, k: int, temperature: float, env: dict, log) -> dict | None:
+    """``bench/heldout_tail.py`` on run ``d`` (K answers per question at ``temperature``, the run's own seeds, in
+    the run's environment): its row, or None (and a line in the run's log) when it failed."""
+    js = d / "heldout_tail.json"
+    cmd = [sys.executable, str(Path(__file__).with_name("heldout_tail.py")), str(d), "--k", str(k),
+           "--temps", f"{temperature:g}", "--json", str(js)]
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0 or not js.is_file():
+        print(f"[robustness] heldout_tail failed (rc {rc}): {' '.join(cmd)}", file=log, flush=True)
+        return None
+    row = json.loads(js.read_text())[0]
+    return {k: row[k] for k in ("k", "temperature", "answers", "echo", "echo_ci95", "echo_examples")} | {
+        "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0, tail: int = 0) -> dict:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -65,11 +87,14 @@ def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0)
     t0 = time.perf_counter()
     with open(out / f"{path}-seed{seed}.log", "w") as log:
         rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
-    row = {"path": path, "seed": seed, "rc": rc, "wall_s": round(wall, 1), "dir": str(d), "threads": threads or None}
-    if rc == 0 and (d / "summary.json").is_file():
-        s = json.loads((d / "summary.json").read_text())
-        row |= {"summary": s}
+        wall = time.perf_counter() - t0
+        row = {"path": path, "seed": seed, "rc": rc, "wall_s": round(wall, 1), "dir": str(d),
+               "threads": threads or None}
+        if rc == 0 and (d / "summary.json").is_file():
+            s = json.loads((d / "summary.json").read_text())
+            row |= {"summary": s}
+            if tail:   # at the demo's own evaluation temperature (1 when it evaluated greedily)
+                row["tail"] = tail_of(d, tail, s["after"].get("temperature") or 1.0, env, log)
     return row
 
 
@@ -83,14 +108,25 @@ def read_done(res: Path) -> dict:
     return done
 
 
+def tail_cell(t: dict | None) -> str:
+    """The ``--tail`` column: echo count in the answers drawn, with the 95% Wilson interval of its rate."""
+    if not t:
+        return "failed (see the run's log)"
+    lo, hi = t["echo_ci95"]
+    return f"{t['echo']} in {t['answers']:,} [{lo:.2%}, {hi:.2%}]"
+
+
 def table(rows: list[dict]) -> str:
+    tail = any("tail" in r for r in rows)
     head = ("| path | seed | accuracy [95% CI] | random | format-valid | letter | echo | top letter | greedy: "
-            "letter, top letter | alerts | all criteria | wall s |")
-    out = [head, "|" + "---|" * 12]
+            "letter, top letter | alerts | all criteria | wall s |" + (" tail: echo [95% CI of the rate] |" if tail
+                                                                         else ""))
+    out = [head, "|" + "---|" * (13 if tail else 12)]
     for r in rows:
         s = r.get("summary")
         if not s:
-            out.append(f"| {r['path']} | {r['seed']} | failed (rc {r['rc']}) | | | | | | | | no | {r['wall_s']:.0f} |")
+            out.append(f"| {r['path']} | {r['seed']} | failed (rc {r['rc']}) | | | | | | | | no | {r['wall_s']:.0f} |"
+                       + (" |" if tail else ""))
             continue
         a = s["after"]
         ok = all(f(a, s) for _, _, f in CRITERIA)
@@ -104,7 +140,8 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['path']} | {r['seed']} | {a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                    f"{a['random_baseline']:.3f} | {a['format_valid']:.3f} | {a['answered']:.2f} | "
                    f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {greedy} | {alerts} | "
-                   f"{'yes' if ok else 'no'} | {r['wall_s']:.0f}{' (' + str(r['threads']) + ' thread)' if r.get('threads') else ''} |")
+                   f"{'yes' if ok else 'no'} | {r['wall_s']:.0f}{' (' + str(r['threads']) + ' thread)' if r.get('threads') else ''} |"
+                   + (f" {tail_cell(r['tail']) if 'tail' in r else ''} |" if tail else ""))
     return "\n".join(out)
 
 
@@ -119,10 +156,15 @@ def main() -> int:
     ap.add_argument("--keep-weights", action="store_true",
                     help="keep each run's checkpoint and final model (~2.1 GB a run); by default they are deleted "
                          "once the run's summary is read")
+    ap.add_argument("--tail", type=int, default=0, metavar="K",
+                    help="also draw K answers per held-out question from each final model (bench/heldout_tail.py) "
+                         "and add their template-echo count with a 95%% interval (0: off)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
     a = ap.parse_args()
     if a.threads < 0:
         ap.error(f"--threads must be >= 0, got {a.threads}")
+    if a.tail < 0:
+        ap.error(f"--tail must be >= 0, got {a.tail}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res = out / "results.jsonl"
@@ -141,7 +183,7 @@ def main() -> int:
             done.update(read_done(res))  # another script may share this --out
             if key not in done:
                 print(f"[robustness] {path} seed {seed} ...", flush=True)
-                done[key] = run_one(path, seed, out, a.overrides, a.threads)
+                done[key] = run_one(path, seed, out, a.overrides, a.threads, a.tail)
                 if not a.keep_weights:
                     drop_weights(Path(done[key]["dir"]))
                 with open(res, "a") as f:

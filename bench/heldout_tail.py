@@ -10,11 +10,13 @@ echoed answers. It is a measurement, not a test.
 Usage::
 
     python bench/heldout_tail.py RUN_DIR [RUN_DIR ...] [--k 32] [--temps 1.0,0.6] [--path auto|bf16|fp32] [--seed S]
+                                 [--json FILE]
 
 Each RUN_DIR is a demo run directory with ``final/`` (its ``config.yaml`` gives the preset values); the
 questions, prompts and per-question seeds are the demo's (``eval_limit`` questions of ``eval_data``).
 ``--path`` sets ``MEDRLVR_BF16`` as the run had it (fp32 runs: ``--path fp32``). ``--seed`` draws with another
-seed's per-question seeds than the run's own (a second, independent draw of the same model).
+seed's per-question seeds than the run's own (a second, independent draw of the same model). ``--json FILE``
+also writes the rows (one per run and temperature) as a JSON list; ``bench/demo_robustness.py --tail K`` reads it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temps", default="1.0,0.6", help="comma-separated sampling temperatures (> 0)")
     ap.add_argument("--path", choices=("auto", "bf16", "fp32"), default="auto")
     ap.add_argument("--seed", type=int, default=None, help="draw with this seed instead of the run's")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows to this file (a JSON list)")
     a = ap.parse_args(argv)
     temps = [float(x) for x in a.temps.split(",")]
     if a.k < 1 or any(t <= 0 for t in temps):
@@ -85,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
           f"seed {'of each run' if a.seed is None else a.seed}")
     print("| run | T | answers | template echo [95% CI of the rate] | format-valid | letter | top letter | wall s |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for r in a.runs:
         for row in measure(r, a.k, temps, a.seed):
+            rows.append(row)
             lo, hi = row["echo_ci95"]
             top = f"{row['top_letter']} {row['top_letter_share']:.0%}" if row["top_letter"] else "none"
             print(f"| {r} | {row['temperature']:g} | {row['answers']} | {row['echo']} [{lo:.2%}, {hi:.2%}] | "
                   f"{row['format_valid']:.3f} | {row['answered']:.3f} | {top} | {row['wall_s']:.0f} |", flush=True)
             for e in row["echo_examples"]:
                 print(f"|   echo: {json.dumps(e)[:150]} |||||||", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
     return 0
 
 
