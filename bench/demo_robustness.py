@@ -108,6 +108,12 @@ def read_done(res: Path) -> dict:
     return done
 
 
+def echo_count(a: dict) -> str:
+    """The held-out template echoes as a count ("1 of 128"): a share rounded to 0.01 hides a single one."""
+    n = a["n"] * a.get("samples", 1)      # summaries of greedy-evaluated runs have no "samples"
+    return f"{round(a['template_echo'] * n)} of {n}"
+
+
 def tail_cell(t: dict | None) -> str:
     """The ``--tail`` column: echo count in the answers drawn, with the 95% Wilson interval of its rate."""
     if not t:
@@ -139,7 +145,7 @@ def table(rows: list[dict]) -> str:
         greedy = f"{g['answered']:.2f}, {gtop} {g['top_letter_share']:.0%}" if g else "(greedy above)"
         out.append(f"| {r['path']} | {r['seed']} | {a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
                    f"{a['random_baseline']:.3f} | {a['format_valid']:.3f} | {a['answered']:.2f} | "
-                   f"{a['template_echo']:.2f} | {top} {a['top_letter_share']:.0%} | {greedy} | {alerts} | "
+                   f"{echo_count(a)} | {top} {a['top_letter_share']:.0%} | {greedy} | {alerts} | "
                    f"{'yes' if ok else 'no'} | {r['wall_s']:.0f}{' (' + str(r['threads']) + ' thread)' if r.get('threads') else ''} |"
                    + (f" {tail_cell(r['tail']) if 'tail' in r else ''} |" if tail else ""))
     return "\n".join(out)

@@ -32,6 +32,8 @@ def test_robustness_run_with_tail_tiny(tmp_path):
     tab = rob.table([row, {"path": "auto", "seed": 1, "rc": 1, "wall_s": 3.0}]).splitlines()
     assert tab[0].endswith("| tail: echo [95% CI of the rate] |") and tab[1].count("---") == 13
     assert tab[2].endswith(f"| {t['echo']} in 15 [{lo:.2%}, {hi:.2%}] |")
+    a = s["after"]
+    assert tab[2].split(" | ")[6] == f"{round(a['template_echo'] * 3 * a['samples'])} of {3 * a['samples']}"
     assert tab[3].startswith("| auto | 1 | failed (rc 1)") and tab[3].count("|") == tab[2].count("|")
     # a tail that failed says so; without --tail the table has no such column
     assert rob.tail_cell(None).startswith("failed")
