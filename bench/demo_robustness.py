@@ -67,7 +67,7 @@ def tail_of(d: Path, k: int, temperature: float, env: dict, log) -> dict | None:
         print(f"[robustness] heldout_tail failed (rc {rc}): {' '.join(cmd)}", file=log, flush=True)
         return None
     row = json.loads(js.read_text())[0]
-    return {k: row[k] for k in ("k", "temperature", "answers", "echo", "echo_ci95", "echo_examples")} | {
+    return {f: row[f] for f in ("k", "temperature", "answers", "echo", "echo_ci95", "echo_examples")} | {
         "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -108,12 +108,6 @@ def read_done(res: Path) -> dict:
     return done
 
 
-def echo_count(a: dict) -> str:
-    """The held-out template echoes as a count ("1 of 128"): a share rounded to 0.01 hides a single one."""
-    n = a["n"] * a.get("samples", 1)      # summaries of greedy-evaluated runs have no "samples"
-    return f"{round(a['template_echo'] * n)} of {n}"
-
-
 def tail_cell(t: dict | None) -> str:
     """The ``--tail`` column: echo count in the answers drawn, with the 95% Wilson interval of its rate."""
     if not t:
@@ -123,6 +117,8 @@ def tail_cell(t: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    from medrlvr.demo import echo_count   # the held-out echoes as summary.md counts them
+
     tail = any("tail" in r for r in rows)
     head = ("| path | seed | accuracy [95% CI] | random | format-valid | letter | echo | top letter | greedy: "
             "letter, top letter | alerts | all criteria | wall s |" + (" tail: echo [95% CI of the rate] |" if tail

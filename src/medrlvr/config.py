@@ -445,7 +445,6 @@ def _key_lines(text: str) -> dict[str, int]:
     return out
 
 
-
 def _scalar(key: str, value: str) -> Any:
     try:
         return yaml.safe_load(value)

@@ -75,6 +75,13 @@ def letter_stats(ev: dict) -> dict:
             "random_baseline": sum(1 / s.rec.n_options for s in samples) / n}
 
 
+def echo_count(f: dict) -> str:
+    """Held-out template echoes of a ``before``/``after`` figure set as a count ("1 of 128"): a share rounded to
+    0.01 would hide a single one. Summaries of greedy-only evaluations (older runs) have no ``samples``: 1."""
+    answers = f["n"] * f.get("samples", 1)
+    return f"{round(f['template_echo'] * answers)} of {answers}"
+
+
 LETTER_COLLAPSE_SHARE = MonitorConfig.heldout_top_share
 """Held-out answers with one letter in more than this share of them: the model picks a position
 (the ``heldout_position`` monitor's threshold)."""
@@ -161,11 +168,9 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     def row(tag, f):
         lets = " ".join(f"{k}:{v}" for k, v in f["letters"].items()) or "none"
         ci = f["ci95"]
-        answers = f["n"] * f["samples"]           # a rare echo reads as a count (0.01 of 128 would hide it)
-        echo = f"{round(f['template_echo'] * answers)} of {answers}"
         return (f"| {tag} | {f['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {f['random_baseline']:.3f} | "
                 f"{f['format_valid']:.3f} | {f['answered']:.2f} | {lets} ({f['top_letter_share']:.0%} top) | "
-                f"{echo} | {f['response_chars']:.0f} |")
+                f"{echo_count(f)} | {f['response_chars']:.0f} |")
 
     verdict = ("no alert" if not alerts else "; ".join(
         f"**{a['monitor']}** since step {a['onset_step']} ({a['evidence']}; "

@@ -640,7 +640,7 @@ class Trainer:
         ``stop_patience`` under the current config) is finished, as one at ``max_steps`` is: resuming it trains no
         further step. ``stop_answered=0`` or a larger ``stop_patience`` (``--allow-change``) trains on."""
         c = self.cfg
-        if not (c.stop_answered and self.step and self._answered_streak >= c.stop_patience):
+        if not (c.stop_answered and self._answered_streak >= c.stop_patience):
             return False
         self.stopped_early = True
         if not self.quiet and self.is_main:
