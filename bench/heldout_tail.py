@@ -46,9 +46,7 @@ def measure(run_dir: Path, k: int, temps: list[float], seed: int | None = None) 
     from medrlvr.config import build_config
     from medrlvr.train import Trainer
 
-    final = run_dir / "final"
-    if not (final / "model.safetensors").is_file():
-        raise SystemExit(f"heldout_tail: {final}: no model.safetensors (run the demo with --keep-weights)")
+    final = run_dir / "final"        # checked by main: final/model.safetensors and config.yaml are there
     over = [f"model={final}"] + ([f"seed={seed}"] if seed is not None else [])
     cfg = build_config(str(run_dir / "config.yaml"), over)
     rows = []
@@ -80,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     temps = [float(x) for x in a.temps.split(",")]
     if a.k < 1 or any(t <= 0 for t in temps):
         ap.error("--k must be >= 1 and every temperature > 0")
+    for r in a.runs:   # every run before the first draw: a bad one would otherwise end the script minutes in
+        for need in ("final/model.safetensors", "config.yaml"):
+            if not (r / need).is_file():
+                ap.error(f"{r / need}: not found (a demo run directory kept with --keep-weights)")
+    if a.json and not a.json.parent.is_dir():
+        ap.error(f"--json {a.json}: no such directory {a.json.parent}")
     if a.path != "auto":
         os.environ["MEDRLVR_BF16"] = "1" if a.path == "bf16" else "0"
     from medrlvr.hardware import cpu_model, fast_bf16

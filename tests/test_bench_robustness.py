@@ -46,3 +46,18 @@ def test_wilson_interval():
     assert lo == 0 and 0.0036 < hi < 0.0038           # the 0.37% upper bound of the README's table
     lo, hi = w(1, 128)
     assert lo < 1 / 128 < hi and w(0, 0) == (0.0, 1.0)
+
+
+def test_heldout_tail_refuses_bad_runs_up_front(tmp_path, capsys):
+    import pytest
+
+    tail = _load("heldout_tail")
+    with pytest.raises(SystemExit) as e:
+        tail.main([str(tmp_path / "gone"), "--k", "2"])
+    assert e.value.code == 2 and "gone/final/model.safetensors: not found" in capsys.readouterr().err
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "model.safetensors").touch()
+    (tmp_path / "run" / "config.yaml").touch()
+    with pytest.raises(SystemExit) as e:
+        tail.main([str(tmp_path / "run"), "--json", str(tmp_path / "no" / "t.json")])
+    assert e.value.code == 2 and "--json" in capsys.readouterr().err.splitlines()[-1]
