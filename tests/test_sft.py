@@ -55,14 +55,42 @@ def test_sft_learns_the_gold_letters(tmp_path):
     assert summary["best_lr"] == 3e-3 and summary["n_train"] == 8
 
 
+@pytest.mark.parametrize("setting,env,expect", [(True, None, True), (False, None, False), ("auto", "1", True),
+                                                 ("auto", "0", False)])
+def test_sft_bf16_autocast_and_eager_attention(monkeypatch, setting, env, expect):
+    """autocast_bf16 true/false/auto (auto follows medrlvr.hardware.fast_bf16, MEDRLVR_BF16 here), the step
+    says which it ran, the model trains with eager attention on the CPU, and a bf16 step-1 loss is the fp32
+    one up to bf16 rounding."""
+    if env is not None:
+        monkeypatch.setenv("MEDRLVR_BF16", env)
+    monkeypatch.delenv("MEDRLVR_TRAIN_ATTN", raising=False)
+    recs = load_benchmark("starter:train").records[:8]
+    losses = {}
+    for ab in (setting, False):
+        cfg = SFTConfig(model="tiny", train_data=recs, dev_data=recs[:2], max_steps=2, batch_size=4, lr=1e-3,
+                        autocast_bf16=ab, eval_every_epoch=False, seed=0)
+        model, tok = load_policy("tiny", seed=0)
+        log = sft_mod._Log(None)
+        sft_mod.train_one(cfg, cfg.lr, recs, recs[:2], log, model, tok, quiet=True)
+        steps = [r for r in log.history if "loss" in r]
+        assert len(steps) == 2 and all(r["bf16_autocast"] is (expect if ab == setting else False) for r in steps)
+        assert model.config._attn_implementation == "eager"
+        losses[ab] = steps[0]["loss"]
+    assert losses[setting] == pytest.approx(losses[False], rel=0.02)
+    if expect:
+        assert losses[setting] != losses[False]   # it did run in bf16
+
+
 def test_split_and_config_validation():
     recs = load_benchmark("starter:train").records[:20]
     tr, dv = split_train_dev(recs, 0.1, seed=1)
     assert len(dv) == 2 and len(tr) == 18 and not ({r.id for r in tr} & {r.id for r in dv})
     assert split_train_dev(recs, 0.1, seed=1) == (tr, dv)
-    for bad in ({"lr_schedule": "step"}, {"batch_size": 0}, {"lr_grid": (1e-5, -1)}, {"dev_fraction": 1.5}):
+    for bad in ({"lr_schedule": "step"}, {"batch_size": 0}, {"lr_grid": (1e-5, -1)}, {"dev_fraction": 1.5},
+                {"autocast_bf16": "maybe"}, {"dtype": "fp16"}):
         with pytest.raises(ValueError):
             SFTConfig(**bad)
+    assert SFTConfig(autocast_bf16=" TRUE").autocast_bf16 is True and SFTConfig().autocast_bf16 == "auto"
     assert SFTConfig(lr_grid=(1e-5, 3e-5)).lrs == (1e-5, 3e-5) and SFTConfig(lr=2e-5).lrs == (2e-5,)
 
 

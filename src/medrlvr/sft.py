@@ -32,7 +32,7 @@ import torch
 from .batching import pack, response_logprobs
 from .data import MCQ, load_any
 from .evaluate import encode, evaluate
-from .hardware import adamw_kwargs
+from .hardware import adamw_kwargs, fast_bf16, set_attn_implementation, train_attn_implementation
 from .models import load_policy
 from .prompts import direct_target, render
 from .fileio import atomic_write_dir
@@ -69,6 +69,9 @@ class SFTConfig:
         shuffle_options: re-shuffle each question's options every epoch (against position bias).
         append_eos: also train the end-of-sequence token after the letter.
         dtype: model dtype (``fp32``, ``bf16``) [--dtype].
+        autocast_bf16: run the training forward and backward of an fp32 model under bf16 autocast: ``true``,
+            ``false`` or ``auto`` (on only where bf16 is native, :func:`medrlvr.hardware.fast_bf16`; as the RL
+            trainer). The master weights, the optimizer and the head's log-softmax stay fp32 [--autocast-bf16].
         eval_every_epoch: score the dev set after every epoch (else only at the end).
         eval_batch_size: questions per forward when scoring the dev set.
         seed: seeds the data order, option shuffles, dropout and the dev hold-out [--seed].
@@ -96,6 +99,7 @@ class SFTConfig:
     shuffle_options: bool = False
     append_eos: bool = False
     dtype: str = "fp32"
+    autocast_bf16: bool | str = "auto"
     eval_every_epoch: bool = True
     eval_batch_size: int = 32
     seed: int = 0
@@ -111,6 +115,13 @@ class SFTConfig:
             raise ValueError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if not 0 < self.dev_fraction < 1:
             raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if isinstance(self.autocast_bf16, str):
+            low = self.autocast_bf16.strip().lower()
+            if low not in ("auto", "true", "false"):
+                raise ValueError(f"autocast_bf16 must be true, false or auto, got {self.autocast_bf16!r}")
+            self.autocast_bf16 = low if low == "auto" else low == "true"
         for lr in (self.lr, *self.lr_grid):
             if not lr > 0:
                 raise ValueError(f"learning rates must be > 0, got {lr}")
@@ -213,6 +224,9 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         if torch.cuda.is_available():
             model = model.to("cuda")
     device = next(model.parameters()).device
+    set_attn_implementation(model, train_attn_implementation(device))
+    ab = cfg.autocast_bf16
+    use_autocast = fast_bf16(device) if ab == "auto" else bool(ab)
     model.train()
     stream = PromptStream(train, cfg.seed, cfg.shuffle_options)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -235,7 +249,8 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         for s in range(0, len(ex), micro):
             sub = ex[s:s + micro]
             b = pack([p for p, _ in sub], [a for _, a in sub], tokenizer.pad_token_id).to(device)
-            lp, _ = response_logprobs(model, b)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                lp, _ = response_logprobs(model, b)
             nll = -(lp.float() * b.response_mask).sum()
             (nll / n_tok).backward()
             loss_sum += float(nll.detach())
@@ -244,7 +259,7 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         loss = loss_sum / n_tok
         rec = {"lr_candidate": lr, "step": step, "epoch": stream.epoch + (stream.pos / len(stream.records)),
                "loss": loss, "answer_prob": math.exp(-loss), "grad_norm": float(gnorm),
-               "lr": sched.get_last_lr()[0], "step_s": round(time.perf_counter() - t0, 4)}
+               "lr": sched.get_last_lr()[0], "bf16_autocast": use_autocast, "step_s": round(time.perf_counter() - t0, 4)}
         if not math.isfinite(loss) or (cfg.max_grad_norm and not torch.isfinite(gnorm)):
             opt.zero_grad(set_to_none=True)   # skip a non-finite step, never apply it
             rec["skipped"] = True
@@ -376,6 +391,8 @@ def add_cli(subparsers):
     s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (overrides --epochs)")
     s.add_argument("--shuffle-options", action="store_true", default=None, help="re-shuffle options every epoch")
     s.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    s.add_argument("--autocast-bf16", default=None, choices=["auto", "true", "false"],
+                   help="bf16 autocast for the training forward/backward (default auto: where bf16 is native)")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--output", default=None, help="output dir (default runs/sft)")
     s.add_argument("--quiet", action="store_true")
