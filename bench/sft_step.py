@@ -83,7 +83,12 @@ def main() -> int:
         os.environ["MEDRLVR_TRAIN_ATTN"] = orig_attn
         auto = f"{auto.split('/')[0]}/{train_attn_implementation('cpu')}"
     root = a.data_root or default_data_root()
-    recs = load_benchmark("medqa-4opt:dev", data_root=root).records
+    try:
+        recs = load_benchmark("medqa-4opt:dev", data_root=root).records
+    except (OSError, ValueError) as e:   # DataError is a ValueError
+        ap.error(f"{e} (the MedQA 4-option dev file: --data-root or $MEDRLVR_DATA_ROOT)")
+    if len(recs) < a.batch_size * a.steps + 2:
+        ap.error(f"{root}: medqa-4opt:dev has {len(recs)} questions, fewer than --batch-size x --steps + 2")
     train = list(recs[: a.batch_size * a.steps])
     dev = list(recs[-2:])
     print(roofline.cpu_summary())
