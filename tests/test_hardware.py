@@ -109,3 +109,17 @@ def test_eager_and_sdpa_training_forwards_agree():
         (a, ga), (b, gb) = out["sdpa", share], out["eager", share]
         assert float((a - b).abs().max()) < 1e-5
         assert float((ga - gb).abs().max()) < 1e-5 * float(ga.abs().max())
+
+
+def test_autocast_setting_and_its_resolution(monkeypatch):
+    """One normaliser for the RL and SFT configs' autocast_bf16, and one rule for "auto" (fast_bf16)."""
+    from medrlvr.config import autocast_setting
+
+    assert [autocast_setting(v) for v in (True, False, " Auto", "TRUE", "false")] == [True, False, "auto", True, False]
+    for bad in ("maybe", "", 1, None):
+        with pytest.raises(ValueError, match="true, false or auto"):
+            autocast_setting(bad)
+    for env, expect in (("1", True), ("0", False)):
+        monkeypatch.setenv("MEDRLVR_BF16", env)
+        assert hardware.use_autocast("auto") is expect
+        assert hardware.use_autocast(True) is True and hardware.use_autocast(False) is False

@@ -191,12 +191,10 @@ class TrainConfig:
             bad("critic", "must be 'separate' or 'shared'")
         if self.dtype not in ("fp32", "bf16"):
             bad("dtype", "must be fp32 or bf16")
-        ab = self.autocast_bf16
-        if isinstance(ab, str):
-            low = ab.strip().lower()
-            if low not in ("auto", "true", "false"):
-                bad("autocast_bf16", f"must be true, false or auto, got {ab!r}")
-            self.autocast_bf16 = low if low == "auto" else low == "true"
+        try:
+            self.autocast_bf16 = autocast_setting(self.autocast_bf16)
+        except ValueError as e:
+            bad("autocast_bf16", str(e))
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             bad("lr_schedule", "must be constant, linear or cosine")
         for k in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "micro_batch_size",
@@ -357,6 +355,17 @@ def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
         if value is not None or "None" not in str(typ):
             raise ValueError(f"config '{key}': expected a number, got {value!r}")
     return value
+
+
+def autocast_setting(value: bool | str) -> bool | str:
+    """An ``autocast_bf16`` setting as ``True``, ``False`` or ``"auto"`` (strings in any case, e.g. from YAML or
+    a CLI flag); ``ValueError`` for anything else. :func:`medrlvr.hardware.use_autocast` resolves ``"auto"``."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower() if isinstance(value, str) else None
+    if low not in ("auto", "true", "false"):
+        raise ValueError(f"must be true, false or auto, got {value!r}")
+    return low if low == "auto" else low == "true"
 
 
 def build_config(source: str | dict | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:

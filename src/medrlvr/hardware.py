@@ -57,6 +57,12 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
     return False
 
 
+def use_autocast(setting: bool | str, device: str | torch.device = "cpu") -> bool:
+    """Whether to run under bf16 autocast: ``"auto"`` where bf16 is native (:func:`fast_bf16`), else the setting
+    (as :func:`medrlvr.config.autocast_setting` normalised it)."""
+    return fast_bf16(device) if setting == "auto" else bool(setting)
+
+
 def describe() -> str:
     """One line for logs: the CPU capability torch sees and whether bf16 is native."""
     cap = torch.backends.cpu.get_cpu_capability()

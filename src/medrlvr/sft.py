@@ -32,7 +32,8 @@ import torch
 from .batching import pack, response_logprobs
 from .data import MCQ, load_any
 from .evaluate import encode, evaluate
-from .hardware import adamw_kwargs, fast_bf16, set_attn_implementation, train_attn_implementation
+from .config import autocast_setting
+from .hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
 from .models import load_policy
 from .prompts import direct_target, render
 from .fileio import atomic_write_dir
@@ -117,11 +118,10 @@ class SFTConfig:
             raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
-        if isinstance(self.autocast_bf16, str):
-            low = self.autocast_bf16.strip().lower()
-            if low not in ("auto", "true", "false"):
-                raise ValueError(f"autocast_bf16 must be true, false or auto, got {self.autocast_bf16!r}")
-            self.autocast_bf16 = low if low == "auto" else low == "true"
+        try:
+            self.autocast_bf16 = autocast_setting(self.autocast_bf16)
+        except ValueError as e:
+            raise ValueError(f"autocast_bf16 {e}") from None
         for lr in (self.lr, *self.lr_grid):
             if not lr > 0:
                 raise ValueError(f"learning rates must be > 0, got {lr}")
@@ -225,8 +225,7 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
             model = model.to("cuda")
     device = next(model.parameters()).device
     set_attn_implementation(model, train_attn_implementation(device))
-    ab = cfg.autocast_bf16
-    use_autocast = fast_bf16(device) if ab == "auto" else bool(ab)
+    autocast = use_autocast(cfg.autocast_bf16, device)
     model.train()
     stream = PromptStream(train, cfg.seed, cfg.shuffle_options)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -249,7 +248,7 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         for s in range(0, len(ex), micro):
             sub = ex[s:s + micro]
             b = pack([p for p, _ in sub], [a for _, a in sub], tokenizer.pad_token_id).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 lp, _ = response_logprobs(model, b)
             nll = -(lp.float() * b.response_mask).sum()
             (nll / n_tok).backward()
@@ -259,7 +258,7 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         loss = loss_sum / n_tok
         rec = {"lr_candidate": lr, "step": step, "epoch": stream.epoch + (stream.pos / len(stream.records)),
                "loss": loss, "answer_prob": math.exp(-loss), "grad_norm": float(gnorm),
-               "lr": sched.get_last_lr()[0], "bf16_autocast": use_autocast, "step_s": round(time.perf_counter() - t0, 4)}
+               "lr": sched.get_last_lr()[0], "bf16_autocast": autocast, "step_s": round(time.perf_counter() - t0, 4)}
         if not math.isfinite(loss) or (cfg.max_grad_norm and not torch.isfinite(gnorm)):
             opt.zero_grad(set_to_none=True)   # skip a non-finite step, never apply it
             rec["skipped"] = True

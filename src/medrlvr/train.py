@@ -48,7 +48,7 @@ from .analysis.stages import heldout_letter_metrics
 from .batching import pack, response_logprobs, response_values
 from .config import TrainConfig, save_config
 from .data import MCQ, load_any, shuffle_options
-from .hardware import adamw_kwargs, fast_bf16, set_attn_implementation, train_attn_implementation
+from .hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
 from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from .prompts import render, response_prefix
 from .reward import RewardConfig, join_prefill, score
@@ -233,8 +233,7 @@ class Trainer:
         self.policy.train()
         dev = next(self.policy.parameters()).device
         set_attn_implementation(model, train_attn_implementation(dev))  # before the reference/critic copies
-        ab = cfg.autocast_bf16
-        self.use_autocast = fast_bf16(dev) if ab == "auto" else bool(ab)
+        self.use_autocast = use_autocast(cfg.autocast_bf16, dev)
         self.ref = make_reference(model) if cfg.kl_coef > 0 else None
         self.critic = make_critic(model, cfg.critic) if cfg.algo == "ppo" else None
         self.par = distributed.wrap(cfg, self.policy, self.critic, self.ref)  # DDP / FSDP2 / nothing
