@@ -99,11 +99,20 @@ def test_sft_and_eval_cli(tmp_path, capsys):
 
     out = tmp_path / "run"
     rc = main(["sft", "--model", "tiny", "--train-data", "starter:train", "--max-steps", "2", "--batch-size", "4",
-               "--dev-limit", "4", "--lr", "1e-3", "--output", str(out), "--quiet"])
+               "--dev-limit", "4", "--lr", "1e-3", "--micro-batch-size", "2", "--lr-schedule", "cosine",
+               "--warmup-ratio", "0.5", "--autocast-bf16", "false", "--output", str(out), "--quiet"])
     assert rc == 0 and (out / "final" / "config.json").exists()
     assert "best lr 0.001" in capsys.readouterr().out
     cfg = json.loads((out / "sft_config.json").read_text())
     assert cfg["model"] == "tiny" and cfg["max_steps"] == 2
+    assert (cfg["micro_batch_size"], cfg["lr_schedule"], cfg["warmup_ratio"], cfg["autocast_bf16"]) == (2, "cosine", 0.5,
+                                                                                                        False)
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["bf16_autocast"] for m in steps if "loss" in m] == [False, False]
+    for flag, bad in (("--warmup-ratio", "1.5"), ("--micro-batch-size", "0")):
+        rc = main(["sft", "--model", "tiny", "--train-data", "starter:train", flag, bad, "--output", str(tmp_path / "x")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and flag[2:].replace("-", "_") in err[0]
     # eval accepts the run directory and loads its final/ model
     rc = main(["eval", "--model", str(out), "--benchmarks", "starter:test", "--mode", "loglik", "--limit", "2",
                "--output", str(tmp_path / "ev"), "--quiet", "--json"])

@@ -112,6 +112,10 @@ class SFTConfig:
             raise ValueError("epochs must be >= 1 (or give max_steps)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if not 0 < self.dev_fraction < 1:
@@ -387,7 +391,12 @@ def add_cli(subparsers):
     s.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}")
     s.add_argument("--lr-grid", default=None, help="comma-separated learning rates, e.g. 1e-5,3e-5; keeps the best")
     s.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    s.add_argument("--micro-batch-size", type=int, default=None,
+                   help="questions per forward/backward (gradient accumulation; default: --batch-size)")
     s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (overrides --epochs)")
+    s.add_argument("--lr-schedule", default=None, choices=["constant", "linear", "cosine"],
+                   help=f"default {d.lr_schedule}")
+    s.add_argument("--warmup-ratio", type=float, default=None, help=f"linear warm-up share of the steps (default {d.warmup_ratio:g})")
     s.add_argument("--shuffle-options", action="store_true", default=None, help="re-shuffle options every epoch")
     s.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
     s.add_argument("--autocast-bf16", default=None, choices=["auto", "true", "false"],
