@@ -72,16 +72,13 @@ def main() -> int:
 
     from medrlvr import roofline
     from medrlvr.data import load_benchmark
-    from medrlvr.hardware import fast_bf16, train_attn_implementation
+    from medrlvr.hardware import train_attn_implementation, use_autocast
     from medrlvr.models import load_policy
     from medrlvr.sft import SFTConfig, _Log, example_ids, train_one
     from medrlvr.train import PromptStream
 
-    orig_attn = os.environ.pop("MEDRLVR_TRAIN_ATTN", None)
-    auto = f"{'bf16' if fast_bf16('cpu') else 'fp32'}/{train_attn_implementation('cpu')}"
-    if orig_attn is not None:
-        os.environ["MEDRLVR_TRAIN_ATTN"] = orig_attn
-        auto = f"{auto.split('/')[0]}/{train_attn_implementation('cpu')}"
+    # what `medrlvr sft` picks here (MEDRLVR_BF16 / MEDRLVR_TRAIN_ATTN included), before the loop sets the attention
+    auto = f"{'bf16' if use_autocast('auto', 'cpu') else 'fp32'}/{train_attn_implementation('cpu')}"
     root = a.data_root or default_data_root()
     try:
         recs = load_benchmark("medqa-4opt:dev", data_root=root).records
@@ -93,7 +90,7 @@ def main() -> int:
     dev = list(recs[-2:])
     print(roofline.cpu_summary())
     results = {}
-    shape = None
+    shape = mbs = None
     order = [s for i in range(a.rounds) for s in (settings if i % 2 == 0 else settings[::-1])]
     for s in order:
         dt, attn = s.split("/")
@@ -102,34 +99,35 @@ def main() -> int:
                         micro_batch_size=a.micro_batch_size, max_steps=a.steps, lr=1e-5, warmup_ratio=0.0,
                         lr_schedule="constant", autocast_bf16=(dt == "bf16"), eval_every_epoch=False, seed=0)
         model, tok = load_policy(cfg.model, cfg.dtype, seed=cfg.seed)
-        shape = shape or roofline.ModelShape.from_config(model.config)
+        if mbs is None:   # the micro-batches every setting runs (the same seeded stream), for the limit
+            shape = roofline.ModelShape.from_config(model.config)
+            stream = PromptStream(train, cfg.seed, cfg.shuffle_options)
+            mbs = []
+            for _ in range(a.steps):
+                ex = [example_ids(r, tok) for r in stream.take(cfg.batch_size)]
+                mbs.append([ex[i:i + a.micro_batch_size] for i in range(0, len(ex), a.micro_batch_size)])
         log = _Log(None)
         train_one(cfg, cfg.lr, train, dev, log, model, tok, quiet=True)
         steps = [r for r in log.history if "step_s" in r]
-        # the micro-batches the loop ran, rebuilt from the same seeded stream
-        stream = PromptStream(train, cfg.seed, cfg.shuffle_options)
-        mbs = []
-        for _ in range(a.steps):
-            ex = [example_ids(r, tok) for r in stream.take(cfg.batch_size)]
-            mbs.append([ex[i:i + a.micro_batch_size] for i in range(0, len(ex), a.micro_batch_size)])
-        r = results.setdefault(s, {"times": [], "loss1": steps[0]["loss"], "mbs": mbs})
+        r = results.setdefault(s, {"times": [], "loss1": steps[0]["loss"]})
         r["times"] += [x["step_s"] for x in steps[1:]]
         del model
     for r in results.values():
         r["step_s"] = statistics.median(r["times"])
-    rows_ms = sorted({sum(len(p) + len(q) for p, q in mb) for r in results.values() for st in r["mbs"] for mb in st})
-    heads = sorted({sum(len(q) for _, q in mb) for r in results.values() for st in r["mbs"] for mb in st})
+    timed = [mb for st in mbs[1:] for mb in st]   # steps 2..N
+    rows_ms = sorted({sum(len(p) + len(q) for p, q in mb) for st in mbs for mb in st})
+    heads = sorted({sum(len(q) for _, q in mb) for st in mbs for mb in st})
     Ms = [rows_ms[len(rows_ms) // 2], heads[len(heads) // 2]]
     machs = {dt: roofline.measure(shape, Ms, dt) for dt in sorted({s.split("/")[0] for s in settings})}
     for dt, m in machs.items():
         print(roofline.describe_machine(m, shape))
     base = results.get("fp32/sdpa", {}).get("step_s")
-    tokens = sum(len(p) + len(q) for st in results[settings[0]]["mbs"][1:] for mb in st for p, q in mb)
+    tokens = sum(len(p) + len(q) for mb in timed for p, q in mb)
     print(f"SFT optimizer step, batch {a.batch_size} (micro {a.micro_batch_size}), MedQA 4-option dev, "
           f"{tokens / (a.steps - 1):.0f} tokens a step; median of steps 2..{a.steps} over {a.rounds} round(s)")
     for s, r in results.items():
         dt = s.split("/")[0]
-        lim = _limit(shape, machs[dt], [mb for st in r["mbs"][1:] for mb in st], 2 if dt == "bf16" else 4)
+        lim = _limit(shape, machs[dt], timed, 2 if dt == "bf16" else 4)
         lim_step = lim.seconds / (a.steps - 1)
         sp = f", {base / r['step_s']:.2f}x fp32/sdpa" if base else ""
         spread = f" (steps {min(r['times']):.2f}-{max(r['times']):.2f})"

@@ -362,7 +362,7 @@ def autocast_setting(value: bool | str) -> bool | str:
     a CLI flag); ``ValueError`` for anything else. :func:`medrlvr.hardware.use_autocast` resolves ``"auto"``."""
     if isinstance(value, bool):
         return value
-    low = str(value).strip().lower() if isinstance(value, str) else None
+    low = value.strip().lower() if isinstance(value, str) else None
     if low not in ("auto", "true", "false"):
         raise ValueError(f"must be true, false or auto, got {value!r}")
     return low if low == "auto" else low == "true"
