@@ -35,11 +35,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from medrlvr.config import build_config  # noqa: E402
+from medrlvr.train.config import build_config  # noqa: E402
 from medrlvr.hardware import cpu_model  # noqa: E402
 from medrlvr.models import load_tokenizer, make_tiny_model  # noqa: E402
-from medrlvr.resume import complete_checkpoints  # noqa: E402
-from medrlvr.train import Trainer  # noqa: E402
+from medrlvr.train.resume import complete_checkpoints  # noqa: E402
+from medrlvr.train.trainer import Trainer  # noqa: E402
 
 CFG = {"max_steps": 4, "save_every": 1, "keep_checkpoints": 2, "eval_every": 2, "eval_limit": 1,
        "max_new_tokens": 6, "prompts_per_step": 2, "samples_per_prompt": 2, "micro_batch_size": 4,

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from benchlib import default_data_root, fixed_params, medqa_prompts, run
 
 import medrlvr
-import medrlvr.fast_rollout as new_mod
+import medrlvr.rollout.fast as new_mod
 from medrlvr import roofline
 from medrlvr.models import load_policy
 from medrlvr.rollout import ENGINES

@@ -6,14 +6,14 @@
 * ``cot``: a subset (8 by default), R1-Zero prompt, greedy generation of up to ``--cot-max-new-tokens``
   tokens; reports generated tokens/s and questions/s.
 
-Timings come from ``results["_meta"]["timing"]`` of :func:`medrlvr.evaluate.evaluate` (model loading
+Timings come from ``results["_meta"]["timing"]`` of :func:`medrlvr.eval.benchmark.evaluate` (model loading
 and the bootstrap excluded). The machine's load average is printed with them: on a shared CPU the
 numbers move with whatever else runs. The last line sums everything up.
 
 The loglik pass is also put against the machine's own limit (:mod:`medrlvr.roofline`), measured in the
 same run at the model's linear shapes and the run's dtype (rows = a scoring batch's tokens, capped at
 2,048 for the measurement: the rate has flattened by then) and the memory read bandwidth: the FLOPs of
-the real (unpadded) prompt tokens of each batch, the way :func:`medrlvr.evaluate.evaluate` batches them,
+the real (unpadded) prompt tokens of each batch, the way :func:`medrlvr.eval.benchmark.evaluate` batches them,
 against the measured seconds: ``fraction_of_limit=``. Padding and the element-wise work count as the
 engine's loss.
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medrlvr.evaluate import evaluate
+    from medrlvr.eval.benchmark import evaluate
     from medrlvr.models import load_policy
 
     if a.threads:
@@ -116,7 +116,7 @@ def agreement(model, tok, a) -> int:
     """loglik with the fp32 forward and with bf16 autocast on the same questions: same-choice share."""
     import tempfile
 
-    from medrlvr.evaluate import evaluate
+    from medrlvr.eval.benchmark import evaluate
 
     res = {}
     with tempfile.TemporaryDirectory() as d:
@@ -150,7 +150,7 @@ def loglik_roofline(model, tok, a, seconds: float, dtype: str | None = None) -> 
     import torch
 
     from medrlvr import roofline
-    from medrlvr.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, _chunks, _resolve_benchmarks, encode
+    from medrlvr.eval.benchmark import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, _chunks, _resolve_benchmarks, encode
     from medrlvr.prompts import render
 
     recs = _resolve_benchmarks([a.benchmark], a.data_root, None)[a.benchmark]

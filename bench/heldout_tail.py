@@ -43,8 +43,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def measure(run_dir: Path, k: int, temps: list[float], seed: int | None = None) -> list[dict]:
-    from medrlvr.config import build_config
-    from medrlvr.train import Trainer
+    from medrlvr.train.config import build_config
+    from medrlvr.train.trainer import Trainer
 
     final = run_dir / "final"        # checked by main: final/model.safetensors and config.yaml are there
     over = [f"model={final}"] + ([f"seed={seed}"] if seed is not None else [])

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import medrlvr.fast_rollout  # noqa: F401
+import medrlvr.rollout.fast  # noqa: F401
 from medrlvr.data import load_benchmark
 from medrlvr.models import load_policy
 from medrlvr.prompts import render

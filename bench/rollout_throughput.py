@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch
 from benchlib import default_data_root, engine_dtype, fixed_params, medqa_prompts, peak_rss_mb, run
 
-import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
+import medrlvr.rollout.fast  # noqa: F401  (registers "fast")
 from medrlvr import roofline
 from medrlvr.models import load_policy
 from medrlvr.prompts import render

@@ -36,10 +36,10 @@ def worker(a) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from medrlvr import distributed
-    from medrlvr.config import build_config
+    from medrlvr.train import distributed
+    from medrlvr.train.config import build_config
     from medrlvr.rollout import SamplingParams
-    from medrlvr.train import Trainer
+    from medrlvr.train.trainer import Trainer
 
     cfg = build_config("cpu-demo", [f"prompts_per_step={a.prompts}", f"samples_per_prompt={a.samples}",
                                     f"max_new_tokens={a.tokens}", f"max_steps={a.steps + 1}", f"engine={a.engine}",

@@ -182,7 +182,7 @@ def run_point(p: dict, data_root: str | None, threads: int) -> dict:
     import torch
     from benchlib import engine_dtype, fixed_params, medqa_prompts, peak_rss_mb, run
 
-    import medrlvr.fast_rollout  # noqa: F401  (registers "fast")
+    import medrlvr.rollout.fast  # noqa: F401  (registers "fast")
     from medrlvr import roofline
     from medrlvr.rollout import make_engine
 

@@ -11,7 +11,7 @@ the same initial weights on the same MedQA questions under each setting, in one 
 * the step-1 loss of each setting (same batch, same weights: bf16 rounding is the only difference);
 * each setting's fraction of this machine's limit (:mod:`medrlvr.roofline`, GEMM rates measured in this run
   at the batch's row counts and the setting's dtype): forward + backward = 3 forwards over the real tokens
-  (padding is not counted), the LM head on the answer tokens only, as :func:`medrlvr.batching.response_logprobs`
+  (padding is not counted), the LM head on the answer tokens only, as :func:`medrlvr.train.forward.response_logprobs`
   runs it.
 
     python bench/sft_step.py [--steps 4] [--rounds 2] [--batch-size 16]
@@ -75,7 +75,7 @@ def main() -> int:
     from medrlvr.hardware import train_attn_implementation, use_autocast
     from medrlvr.models import load_policy
     from medrlvr.sft import SFTConfig, _Log, example_ids, train_one
-    from medrlvr.train import PromptStream
+    from medrlvr.train.stream import PromptStream
 
     # what `medrlvr sft` picks here (MEDRLVR_BF16 / MEDRLVR_TRAIN_ATTN included), before the loop sets the attention
     auto = f"{'bf16' if use_autocast('auto', 'cpu') else 'fp32'}/{train_attn_implementation('cpu')}"

@@ -33,8 +33,8 @@ CONFIGS = {
 _CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from medrlvr.config import build_config
-from medrlvr.train import Trainer
+from medrlvr.train.config import build_config
+from medrlvr.train.trainer import Trainer
 
 def rss_mb():  # peak resident set size of this process so far (Linux: KiB)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -36,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def run_ours(args, workdir) -> tuple[list[float], list[float]]:
-    from medrlvr.config import build_config
-    from medrlvr.train import Trainer
+    from medrlvr.train.config import build_config
+    from medrlvr.train.trainer import Trainer
 
     ov = {"model": getattr(args, "model", "smollm2-135m"), "algo": "grpo", "prompts_per_step": 2,
           "samples_per_prompt": 4, "max_new_tokens": getattr(args, "max_new_tokens", 128), "temperature": 1.0, "stop": [], "kl_coef": 0.0, "lr": args.lr,

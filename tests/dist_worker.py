@@ -1,5 +1,5 @@
 """Worker for tests/test_distributed.py, started by torchrun: runs the trainer jobs (or ``eval`` jobs:
-keyword arguments of medrlvr.evaluate.evaluate) given in a JSON file one after another in the same
+keyword arguments of medrlvr.eval.benchmark.evaluate) given in a JSON file one after another in the same
 process group. ``fail`` = [rank, step] raises RuntimeError on that rank in
 that step's update (a rank failing mid-step)."""
 
@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from medrlvr.config import build_config
-from medrlvr.distributed import record
-from medrlvr.train import Trainer
+from medrlvr.train.config import build_config
+from medrlvr.train.distributed import record
+from medrlvr.train.trainer import Trainer
 
 
 @record
@@ -18,8 +18,8 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(1)
     spec = json.loads(open(spec_path).read())
     for job in spec["jobs"]:
-        if "eval" in job:   # medrlvr.evaluate.evaluate with the process group up: batches sharded over ranks
-            from medrlvr.evaluate import evaluate
+        if "eval" in job:   # medrlvr.eval.benchmark.evaluate with the process group up: batches sharded over ranks
+            from medrlvr.eval.benchmark import evaluate
             from medrlvr.models import load_policy
 
             model, tok = load_policy("tiny")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medrlvr import batching
-from medrlvr.batching import pack, plan_buckets, response_logprobs
+from medrlvr.train import forward as batching
+from medrlvr.train.forward import pack, plan_buckets, response_logprobs
 from medrlvr.models import load_policy
 
 

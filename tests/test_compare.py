@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medrlvr.compare import compare, comparison_table, group_of, load_runs
+from medrlvr.eval.compare import compare, comparison_table, group_of, load_runs
 
 
 def _entry(acc, n=100, dist=None, rnd=0.25):

@@ -8,8 +8,9 @@ import pytest
 
 from medrlvr.cli import main
 from medrlvr.data import DataError, load_any, load_generic, make_mcq
-from medrlvr.data.loaders import columns_for_sources, read_csv
-from medrlvr.data.records import options_in_question
+from medrlvr.data.loaders import read_csv
+from medrlvr.data.sources import columns_for_sources
+from medrlvr.records import options_in_question
 
 Q1, Q2, Q3 = "Which organ makes insulin?", "Which vitamin prevents scurvy?", "Which ion is mostly intracellular?"
 

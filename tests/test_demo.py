@@ -6,7 +6,7 @@ from medrlvr.cli import main
 
 
 def test_demo_plumbing_tiny(tmp_path, monkeypatch):
-    import medrlvr.train as train_mod
+    import medrlvr.train.trainer as train_mod
 
     calls = []
     real = train_mod.evaluate_policy
@@ -56,7 +56,7 @@ def test_letter_verdict_names_a_collapse():
 def test_demo_sampled_evaluation_with_greedy_alongside(tmp_path, monkeypatch):
     """eval_samples > 1: the criteria's figures come from sampled answers (seeded per question), the greedy
     pass is reported next to them, and the CI resamples questions."""
-    import medrlvr.train as train_mod
+    import medrlvr.train.trainer as train_mod
 
     calls = []
     real = train_mod.evaluate_policy
@@ -114,8 +114,9 @@ def test_question_ci_resamples_questions():
 def test_sampled_evaluation_is_seeded_per_question(tmp_path):
     """A question's sampled answers depend on the run's seed and the question, not on the batch it is in
     (so a sharded evaluation, and the passes before and after training, draw the same way)."""
-    from medrlvr.config import build_config
-    from medrlvr.train import Trainer, evaluate_policy
+    from medrlvr.train.config import build_config
+    from medrlvr.eval.heldout import evaluate_policy
+    from medrlvr.train.trainer import Trainer
 
     cfg = build_config("tiny", ["engine=hf", "eval_limit=3", "max_new_tokens=6", "eval_samples=2",
                                 "eval_temperature=1.0", "autocast_bf16=false"])

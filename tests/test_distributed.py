@@ -21,11 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medrlvr import algos, distributed
-from medrlvr.config import build_config
+from medrlvr import algos
+from medrlvr.train import distributed
+from medrlvr.train.config import build_config
 from medrlvr.models import load_policy
 from medrlvr.rollout import SamplingParams, make_engine
-from medrlvr.train import Trainer
+from medrlvr.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -186,7 +187,7 @@ def test_failing_rank_ends_the_job(tmp_path):
 def test_sharded_medrlvr_eval_equals_one_process(runs):
     """`medrlvr eval` under torchrun: rank r generates batches r, r + 2, ...; rank 0 writes every row and
     the results, which equal a 1-process evaluation."""
-    from medrlvr.evaluate import evaluate
+    from medrlvr.eval.benchmark import evaluate
 
     d, _ = runs
     model, tok = load_policy("tiny")

@@ -14,8 +14,8 @@ import torch
 
 from medrlvr.algos import unbiased_pass_at_k
 from medrlvr.data import load_benchmark, make_mcq, shuffle_options
-from medrlvr.evaluate import (bootstrap_ci, encode, evaluate, majority_at_k, pass_at_k, random_baseline,
-                              results_markdown)
+from medrlvr.eval.benchmark import encode, evaluate, results_markdown
+from medrlvr.eval.stats import bootstrap_ci, majority_at_k, pass_at_k, random_baseline
 from medrlvr.prompts import render
 from medrlvr.rollout import Completion, make_engine
 
@@ -325,7 +325,7 @@ def test_smollm2_loglik_8_medqa(data_root, tmp_path):
 def test_loglik_multi_token_letters_fallback(tiny, monkeypatch, tmp_path):
     """Tokenizers that split " A" into several tokens: each option's continuation is scored (sum of
     log-probs), checked against a plain forward pass."""
-    import medrlvr.evaluate as ev
+    import medrlvr.eval.benchmark as ev
 
     model, tok = tiny
     real = ev.encode

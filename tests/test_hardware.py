@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medrlvr import hardware
-from medrlvr.config import build_config
+from medrlvr.train.config import build_config
 
 
 def test_env_override(monkeypatch):
@@ -24,7 +24,7 @@ def test_cpu_flags_decide(monkeypatch):
 
 
 def test_autocast_auto_follows_the_hardware(tmp_path, monkeypatch):
-    from medrlvr.train import Trainer
+    from medrlvr.train.trainer import Trainer
 
     cfg = build_config("tiny", {"autocast_bf16": "auto", "max_steps": 1, "eval_limit": 1})
     for env, want in (("0", False), ("1", True)):
@@ -39,7 +39,7 @@ def test_autocast_bad_value(value):
 
 
 def test_fast_engine_auto_dtype_follows_the_same_decision(monkeypatch):
-    from medrlvr.fast_rollout import auto_dtype
+    from medrlvr.rollout.fast import auto_dtype
     from medrlvr.models import load_policy
 
     model, _ = load_policy("tiny", seed=0)
@@ -73,7 +73,7 @@ def test_adamw_fused_where_it_can_run():
 
 
 def test_training_attention_is_eager_on_cpu_with_an_override(tmp_path, monkeypatch):
-    from medrlvr.train import Trainer
+    from medrlvr.train.trainer import Trainer
 
     monkeypatch.delenv("MEDRLVR_TRAIN_ATTN", raising=False)
     assert hardware.train_attn_implementation("cpu") == "eager"
@@ -91,7 +91,7 @@ def test_training_attention_is_eager_on_cpu_with_an_override(tmp_path, monkeypat
 
 def test_eager_and_sdpa_training_forwards_agree():
     """The choice is a speed path: in fp32 both give the same log-probs and gradients (padding mask included)."""
-    from medrlvr.batching import pack, response_logprobs
+    from medrlvr.train.forward import pack, response_logprobs
     from medrlvr.models import load_policy
 
     model, tok = load_policy("tiny", seed=2)
@@ -113,7 +113,7 @@ def test_eager_and_sdpa_training_forwards_agree():
 
 def test_autocast_setting_and_its_resolution(monkeypatch):
     """One normaliser for the RL and SFT configs' autocast_bf16, and one rule for "auto" (fast_bf16)."""
-    from medrlvr.config import autocast_setting
+    from medrlvr.train.config import autocast_setting
 
     assert [autocast_setting(v) for v in (True, False, " Auto", "TRUE", "false")] == [True, False, "auto", True, False]
     for bad in ("maybe", "", 1, None):

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from medrlvr.cli import main
-from medrlvr.config import TrainConfig, build_config
+from medrlvr.train.config import TrainConfig, build_config
 from medrlvr.data import load_benchmark
 from medrlvr.integrations import openrlhf
 from medrlvr.integrations import verl as iv
 from medrlvr.prompts import render
 from medrlvr.reward import FLAGS, join_prefill, score
-from medrlvr.train import PromptStream
+from medrlvr.train.stream import PromptStream
 
 SMALL = ["model=smollm2-135m", "train_data=starter:train", "eval_data=starter:test", "max_steps=3",
          "prompts_per_step=4", "samples_per_prompt=2", "mini_batch_size=8", "micro_batch_size=2", "eval_limit=5"]

@@ -264,7 +264,7 @@ def test_collapsed_run_fixture(tmp_path):
 
 # ------------------------------------------------------------------------------ the trainer's hook
 def _tiny(**kw):
-    from medrlvr.config import build_config
+    from medrlvr.train.config import build_config
 
     # the paper's reward on a random tiny model: every sample -1, every group zero-variance
     base = {"reward_scheme": "paper", "max_steps": 4, "eval_every": 0, "save_every": 0, "prompts_per_step": 2,
@@ -273,7 +273,7 @@ def _tiny(**kw):
 
 
 def test_trainer_raises_alerts_online_like_offline(tmp_path, capsys, one_thread):
-    from medrlvr.train import Trainer
+    from medrlvr.train.trainer import Trainer
 
     t = Trainer(_tiny(), tmp_path, quiet=True)
     t.train()
@@ -302,7 +302,7 @@ def test_thresholds_from_the_config_live_offline_and_in_the_report(tmp_path, cap
     """``monitor.k=2`` raises the zero-variance alert one step earlier than the default k=3; the run's config.yaml
     keeps the section, so ``medrlvr monitor`` and the report replay with it (and a foreign k would differ)."""
     from medrlvr.analysis.report import build_report
-    from medrlvr.train import Trainer
+    from medrlvr.train.trainer import Trainer
 
     cfg = _tiny(max_steps=3, monitor={"k": 2, "entropy_min": 0.0})
     assert cfg.monitor == {"k": 2, "entropy_min": 0.0}
@@ -322,7 +322,7 @@ def test_thresholds_from_the_config_live_offline_and_in_the_report(tmp_path, cap
 
 
 def test_dotted_monitor_overrides_merge_into_the_file_section(tmp_path):
-    from medrlvr.config import build_config
+    from medrlvr.train.config import build_config
 
     f = tmp_path / "c.yaml"
     f.write_text("model: tiny\nmonitor:\n  k: 2\n  echo_rate: 0.5\n")

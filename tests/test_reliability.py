@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 
 from medrlvr import cli, fileio
-from medrlvr.config import build_config
+from medrlvr.train.config import build_config
 from medrlvr.models import make_tiny_model
 from medrlvr.reward import RewardResult, parse
-from medrlvr.train import Trainer
+from medrlvr.train.trainer import Trainer
 
 TIMING = {"rollout_s", "update_s", "tokens_per_s"}
 BASE = {"max_steps": 2, "eval_every": 0, "save_every": 1, "eval_limit": 1, "max_new_tokens": 6,
@@ -458,7 +458,7 @@ ROW = {"id": "q1", "variant": 0, "samples": [{"correct": True, "pred": "A", "for
 
 
 def test_eval_completions_torn_utf8_last_line_is_dropped_and_counted(tmp_path, capsys):
-    from medrlvr.evaluate import _read_rows
+    from medrlvr.eval.benchmark import _read_rows
 
     good = (json.dumps(ROW) + "\n").encode()
     torn = good.replace(b"q1", b"q2")[:-3] + "é".encode()[:1]   # a line cut inside a two-byte character

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from medrlvr.analysis.report import build_report, read_jsonl
+from medrlvr.analysis.report import build_report
+from medrlvr.rundir import read_jsonl
 from medrlvr.analysis.stages import STAGES, classify_sample
 from medrlvr.reward import score
 

@@ -15,13 +15,12 @@ from medrlvr.reward import (
     SCHEMES,
     RewardConfig,
     extract_letter,
-    make_trl_reward_func,
     parse,
     register_scheme,
     score,
-    trl_reward_func,
-    verl_compute_score,
 )
+from medrlvr.integrations.trl import make_trl_reward_func, trl_reward_func
+from medrlvr.integrations.verl import compute_score as verl_compute_score
 
 T = "<think>Let me reason about the mechanism of each drug here.</think>"
 OPTS4 = {"A": "Ibuprofen", "B": "Heparin", "C": "Aspirin", "D": "Aspirin and heparin"}
@@ -487,14 +486,15 @@ def test_trl_column_errors():
 
 def test_verl_basic():
     out = verl_compute_score("medqa", "Aspirin blocks COX.</think><answer>C</answer>", "C", {"n_options": 4})
-    assert out["score"] == 1.0 and out["format_ok"] is True and out["pred"] == "C" and out["acc"] is True
-    assert set(out) == {"score", "format_ok", "pred", "acc", *FLAGS}
+    assert out["score"] == 1.0 and out["format_ok"] is True and out["pred"] == "C"
+    assert out["acc"] == 1.0 and isinstance(out["acc"], float) and out["correct"] is True
+    assert set(out) == {"score", "format_ok", "pred", "acc", "correct", *FLAGS}
     assert all(isinstance(out[f], bool) for f in FLAGS)
 
 
 def test_verl_no_pred_and_flags():
     out = verl_compute_score("medqa", "x</think><answer>A or C</answer> tail", "C", {"n_options": 4})
-    assert out["score"] == 0.0 and out["pred"] == "" and out["acc"] is False
+    assert out["score"] == 0.0 and out["pred"] == "" and out["acc"] == 0.0 and out["correct"] is False
     assert out["trailing_text"] is True and out["empty_think"] is True and out["multiple_blocks"] is False
 
 

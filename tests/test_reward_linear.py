@@ -17,7 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medrlvr import reward as R
-from medrlvr.reward import SCHEMES, extract_letter, score, trl_reward_func, verl_compute_score
+from medrlvr.integrations.trl import trl_reward_func
+from medrlvr.integrations.verl import compute_score as verl_compute_score
+from medrlvr.reward import SCHEMES, extract_letter, score
+from medrlvr.reward import flags as RF, letters as RL
 
 N = 256 * 1024
 
@@ -64,7 +67,7 @@ _OLD_CUE = (
     r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be))?)\s*[:=\-]?\s*"
 )
 _OLD_CUE_RE = re.compile(
-    _OLD_CUE + r"(?:[(\[{]\s*([A-Za-z])\s*[)\]}]|([A-Z])" + R._END + r"|([a-z])(?=[\s.!)\]}]*$))"
+    _OLD_CUE + r"(?:[(\[{]\s*([A-Za-z])\s*[)\]}]|([A-Z])" + RL._END + r"|([a-z])(?=[\s.!)\]}]*$))"
 )
 _PIECES = ["answer", "Answer", "option", "choice", " is", " would be", " must  be", ":", "=", "-", " ", "  ",
            "\n", "\t", "(", ")", "[c]", "C", "c", "B", "x", ".", "E. coli", "I think", "1"]
@@ -74,7 +77,7 @@ _PIECES = ["answer", "Answer", "option", "choice", " is", " would be", " must  b
 @given(st.lists(st.sampled_from(_PIECES), max_size=14).map("".join))
 def test_cue_rewrite_reads_the_same_letters(s):
     old = [(m.span(), m.groups()) for m in _OLD_CUE_RE.finditer(s)]
-    new = [(m.span(), m.groups()) for m in R._CUE_RE.finditer(s)]
+    new = [(m.span(), m.groups()) for m in RL._CUE_RE.finditer(s)]
     assert new == old
     assert extract_letter(s, 4) == extract_letter(s, 4)  # deterministic
 
@@ -82,7 +85,7 @@ def test_cue_rewrite_reads_the_same_letters(s):
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(), max_size=60))
 def test_non_space_len_counts_non_space_characters(s):
-    assert R._non_space_len(s) == sum(1 for ch in s if not ch.isspace())
+    assert RF._non_space_len(s) == sum(1 for ch in s if not ch.isspace())
 
 
 @settings(max_examples=300, deadline=None)
@@ -90,5 +93,5 @@ def test_non_space_len_counts_non_space_characters(s):
 def test_norm_text_matches_the_substitute_and_split_form(s):
     import unicodedata
 
-    old = " ".join(R._NONWORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).split())
-    assert R._norm_text(s) == old
+    old = " ".join(RL._NONWORD_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).split())
+    assert RL.norm_text(s) == old

@@ -11,9 +11,9 @@ from medrlvr.reward import (
     extract_letter,
     parse,
     score,
-    trl_reward_func,
-    verl_compute_score,
 )
+from medrlvr.integrations.trl import trl_reward_func
+from medrlvr.integrations.verl import compute_score as verl_compute_score
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -128,7 +128,8 @@ def _echo_reference(text: str, cfg) -> bool:
     """``template_echo`` by its definition alone: no length pre-filter, no difflib short-cuts."""
     import difflib
 
-    from medrlvr.reward import _norm_parts, _norm_text
+    from medrlvr.reward.flags import template_parts as _norm_parts
+    from medrlvr.reward.letters import norm_text as _norm_text
 
     t = _norm_text(text)
     if not t:
@@ -153,7 +154,8 @@ _ECHO_PIECES = list(__import__("medrlvr.reward", fromlist=["TEMPLATE_TEXTS"]).TE
 def test_template_echo_prefilter_keeps_the_verdict(text, thr):
     """The echo check's pre-filters (ASCII-alnum length bound, real_quick_ratio before difflib) never
     change its verdict."""
-    from medrlvr.reward import RewardConfig, _echo_of
+    from medrlvr.reward import RewardConfig
+    from medrlvr.reward.flags import echoes_template as _echo_of
 
     cfg = RewardConfig(template_echo_similarity=thr)
     assert _echo_of(text, cfg) == _echo_reference(text, cfg)

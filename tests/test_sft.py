@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from medrlvr import batching, train
+from medrlvr.train import forward as batching, trainer as train
 from medrlvr import sft as sft_mod
 from medrlvr.data import load_benchmark
-from medrlvr.evaluate import evaluate
+from medrlvr.eval.benchmark import evaluate
 from medrlvr.models import load_policy
 from medrlvr.sft import SFTConfig, answer_loss, example_ids, sft, split_train_dev
 

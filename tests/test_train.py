@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from medrlvr import algos
-from medrlvr.config import build_config
+from medrlvr.train.config import build_config
 from medrlvr.reward import RewardResult, join_prefill, parse, score
-from medrlvr.train import Trainer
+from medrlvr.train.trainer import Trainer
 
 TIMING = {"rollout_s", "update_s", "tokens_per_s"}
 
@@ -185,7 +185,7 @@ def test_config_overrides_from_strings():
 def test_trainer_logs_engine_logprob_mismatch(tmp_path, monkeypatch):
     """The trainer compares the fast engine's log-probs with its own forward before any update: in fp32
     the engine samples from the trained distribution (mismatch < 1e-3). (The hf engine returns none.)"""
-    from medrlvr import fast_rollout
+    from medrlvr.rollout import fast as fast_rollout
 
     monkeypatch.setattr(fast_rollout, "auto_dtype", lambda model: "fp32")
     t = Trainer(_cfg(engine="fast", max_steps=1, temperature=0.8), tmp_path, quiet=True, reward_fn=shaped)
@@ -236,7 +236,7 @@ def test_group_orders_must_divide_the_group():
 
 def test_unwrap_peft_finds_the_wrapped_model():
     """One helper looks through a peft wrapper for every caller (batching, distributed, fast_rollout, models)."""
-    from medrlvr.batching import _split_lm
+    from medrlvr.train.forward import split_lm
     from medrlvr.models import apply_lora, load_policy, unwrap_peft
 
     plain, _ = load_policy("tiny")
@@ -244,7 +244,7 @@ def test_unwrap_peft_finds_the_wrapped_model():
     wrapped = apply_lora(load_policy("tiny")[0], r=2, alpha=4)
     base = unwrap_peft(wrapped)
     assert base is not wrapped and base is wrapped.get_base_model() and hasattr(base, "lm_head")
-    trunk, head = _split_lm(wrapped)
+    trunk, head = split_lm(wrapped)
     assert trunk is base.model and head is base.lm_head
 
 

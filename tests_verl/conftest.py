@@ -20,7 +20,7 @@ assert verl.__version__ == VERL_VERSION, f"tests_verl pin verl {VERL_VERSION}, f
 
 
 def prepare_dir(tmp, **over):
-    from medrlvr.config import build_config
+    from medrlvr.train.config import build_config
     from medrlvr.integrations.verl import prepare
 
     base = {"model": "smollm2-135m", "train_data": "starter:train", "eval_data": "starter:test", "max_steps": 2,

@@ -55,7 +55,7 @@ def test_prompt_ids_equal_our_rendered_prompt(ppo_run, verl_cfg, tokenizer):
     cfg, d = ppo_run
     mc = omega_conf_to_dataclass(verl_cfg.actor_rollout_ref.model)  # HFModelConfig, custom_chat_template applied
     ds = RLHFDataset(str(d / "train.parquet"), mc.tokenizer, verl_cfg.data)
-    from medrlvr.train import PromptStream
+    from medrlvr.train.stream import PromptStream
 
     stream = PromptStream(load_benchmark("starter:train").records, cfg.seed, cfg.shuffle_options).take(len(ds))
     answer = tokenizer(" reasons </think> <answer> B </answer>", add_special_tokens=False)["input_ids"]

@@ -7,7 +7,8 @@ import os
 
 import pyarrow.parquet as pq
 
-from medrlvr.analysis.report import build_report, read_jsonl
+from medrlvr.analysis.report import build_report
+from medrlvr.rundir import read_jsonl
 from medrlvr.integrations.verl import compute_score
 from medrlvr.reward import join_prefill, score
 

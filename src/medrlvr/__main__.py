@@ -3,8 +3,8 @@ torchrun's error recorder so a failing rank's exception is reported as the job's
 
 import sys
 
-from .cli import main
-from .distributed import record
+from medrlvr.cli import main
+from medrlvr.train.distributed import record
 
 if __name__ == "__main__":
     sys.exit(record(main)())

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "masked",
     "masked_sum",
     "masked_mean",
     "masked_var",
@@ -74,7 +75,7 @@ _TensorLike = torch.Tensor | Sequence[Any]
 # ----------------------------------------------------------------------------------------------
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``x * mask`` where padded entries are exactly 0 even if ``x`` holds inf/nan there."""
     mask = mask.to(x.dtype) if x.is_floating_point() else mask.float()
     return torch.where(mask != 0, x * mask, torch.zeros((), dtype=mask.dtype, device=x.device))
@@ -85,7 +86,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
 
     Padded entries contribute exactly 0 even when they hold ``inf``/``nan``.
     """
-    xm = _masked(x, mask)
+    xm = masked(x, mask)
     return xm.sum() if dim is None else xm.sum(dim=dim)
 
 
@@ -128,7 +129,7 @@ def masked_whiten(
     y = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         y = y + mean
-    return _masked(y, mask)
+    return masked(y, mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def token_rewards_with_kl(
     """
     if scores.dim() != 1 or scores.shape[0] != logp.shape[0]:
         raise ValueError(f"scores must be (B,), got {tuple(scores.shape)} for logp {tuple(logp.shape)}")
-    kl = _masked(kl_estimate(logp.detach(), ref_logp.detach(), kind), mask)
+    kl = masked(kl_estimate(logp.detach(), ref_logp.detach(), kind), mask)
     rewards = -beta * kl
     last, has_any = _last_token_index(mask)
     zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
@@ -268,8 +269,8 @@ def gae_advantages(
     """
     with torch.no_grad():
         m = (mask != 0).to(values.dtype)
-        r = _masked(token_rewards.to(values.dtype), m)
-        v = _masked(values, m)
+        r = masked(token_rewards.to(values.dtype), m)
+        v = masked(values, m)
         B, T = v.shape
         next_value = torch.zeros(B, dtype=v.dtype, device=v.device)
         next_adv = torch.zeros(B, dtype=v.dtype, device=v.device)
@@ -316,7 +317,7 @@ def _group_stats(scores: torch.Tensor, group_ids: _TensorLike):
 
 def _broadcast(adv: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     out_dtype = like.dtype if like.is_floating_point() else torch.float32
-    return _masked(adv.to(out_dtype).unsqueeze(-1).expand(mask.shape), mask)
+    return masked(adv.to(out_dtype).unsqueeze(-1).expand(mask.shape), mask)
 
 
 @register_advantage("grpo")

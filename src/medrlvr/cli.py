@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ def _data_root_arg(p):
 
 # ----------------------------------------------------------------------------------------- train
 def cmd_train(a) -> int:
-    from .config import build_config
-    from .train import train
+    from medrlvr.train.config import build_config
+    from medrlvr.train.trainer import train
 
     cfg = build_config(a.config, a.overrides + ([f"max_steps={a.max_steps}"] if a.max_steps else []))
     if a.data_root:
@@ -27,7 +26,7 @@ def cmd_train(a) -> int:
     if a.nproc < 1:
         raise ValueError(f"--nproc: the number of processes must be >= 1, got {a.nproc}")
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun for this node, which runs this command
-        from . import distributed
+        from medrlvr.train import distributed
 
         cfg.world_size = a.nproc
         distributed.check_config(cfg)  # refuse a batch that cannot be split before starting anything
@@ -51,7 +50,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_report(a) -> int:
-    from .analysis.report import build_report
+    from medrlvr.analysis.report import build_report
 
     p = build_report(a.run_dir)
     print(f"report: {p}")
@@ -59,7 +58,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
+    from medrlvr.demo import run_demo
 
     run_demo(a.output, data_root=a.data_root, overrides=a.overrides, max_steps=a.max_steps)
     return 0
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medrlvr", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    from .data.commands import add_cli as add_data_cli
+    from medrlvr.data.commands import add_cli as add_data_cli
 
     add_data_cli(sub)
 
@@ -98,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=cmd_report)
 
-    from . import compare, evaluate, monitor, sft
-    from .integrations import verl as verl_integration
+    from medrlvr import monitor, sft
+    from medrlvr.eval import benchmark as evaluate, compare
+    from medrlvr.integrations import verl as verl_integration
 
     for mod in (evaluate, sft, compare, verl_integration, monitor):
         mod.add_cli(sub)
@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataError
+    from medrlvr.data import DataError
 
-    from .monitor import ALERT_EXIT_CODE, MonitorStop
+    from medrlvr.monitor import ALERT_EXIT_CODE, MonitorStop
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

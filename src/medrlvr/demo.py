@@ -27,9 +27,10 @@ import json
 import time
 from pathlib import Path
 
-from .config import build_config
-from .monitor import MonitorConfig, eval_how
-from .train import Trainer, sample_line
+from medrlvr.train.config import build_config
+from medrlvr.monitor import MonitorConfig, eval_how
+from medrlvr.rundir import sample_line
+from medrlvr.train.trainer import Trainer
 
 
 def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float]:
@@ -199,7 +200,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     md += ["", f"Wall time: {wall:.0f} s ({parts}).", ""]
     (out / "summary.md").write_text("\n".join(md))
     try:
-        from .analysis.report import build_report
+        from medrlvr.analysis.report import build_report
 
         rep = build_report(out)
         print(f"[demo] report: {rep}")

@@ -59,7 +59,7 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
 
 def use_autocast(setting: bool | str, device: str | torch.device = "cpu") -> bool:
     """Whether to run under bf16 autocast: ``"auto"`` where bf16 is native (:func:`fast_bf16`), else the setting
-    (as :func:`medrlvr.config.autocast_setting` normalised it)."""
+    (as :func:`medrlvr.train.config.autocast_setting` normalised it)."""
     return fast_bf16(device) if setting == "auto" else bool(setting)
 
 

@@ -2,7 +2,7 @@
 
 Every training step the trainer already logs a metrics row (``metrics.jsonl``) and, every
 ``sample_every`` steps, its completions (``samples.jsonl``). :class:`Monitor` reads exactly those
-records, one step at a time, so the verdicts of a live run (:class:`medrlvr.train.Trainer` calls
+records, one step at a time, so the verdicts of a live run (:class:`medrlvr.train.trainer.Trainer` calls
 :meth:`Monitor.update` from its logging hook) and of ``medrlvr monitor RUN_DIR`` (:func:`replay`
 over the files) are the same.
 
@@ -76,7 +76,6 @@ at most ``rollout_batch`` samples.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import sys
@@ -87,8 +86,11 @@ from typing import Any
 
 import yaml
 
+from medrlvr import rundir
+from medrlvr.rundir import read_jsonl, write_alerts
+
 __all__ = ["ALERT_EXIT_CODE", "ADVICE", "MONITORS", "Alert", "MonitorConfig", "MonitorStop", "Monitor",
-           "alert_panel_html", "eval_how", "monitor_config_of", "read_alerts", "replay", "replay_run", "add_cli"]
+           "eval_how", "monitor_config_of", "replay", "replay_run", "add_cli"]
 
 ALERT_EXIT_CODE = 3
 """Exit code of ``medrlvr train``/``demo`` stopped by ``on_alert: stop``, and of ``medrlvr monitor`` when
@@ -285,7 +287,7 @@ def monitor_config_of(run_dir: str | Path) -> tuple[MonitorConfig, list[str]]:
     """The thresholds a run was trained with: the ``monitor`` section of ``RUN_DIR/config.yaml``, so
     ``medrlvr monitor`` and the report give the verdicts the live run gave. Defaults (and a note) when the
     file is missing or its section unreadable."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         return MonitorConfig(), []
     try:
@@ -340,7 +342,7 @@ def _num(v: Any) -> float | None:
 
 
 def _example(s: Mapping[str, Any]) -> dict[str, Any]:
-    from .analysis.stages import sample_response
+    from medrlvr.analysis.stages import sample_response
 
     return {"step": s.get("step"), "id": s.get("id"), "response": sample_response(s)[:2000],
             "reward": s.get("reward"), "pred": s.get("pred"), "gold": s.get("gold")}
@@ -432,7 +434,7 @@ class Monitor:
         return out
 
     def _measure_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
-        from .analysis.stages import letter_distribution, sample_features, sample_letter
+        from medrlvr.analysis.stages import letter_distribution, sample_features, sample_letter
 
         c = self.cfg
         out: dict[str, tuple] = {}
@@ -535,21 +537,19 @@ def replay_run(run_dir: str | Path, config: MonitorConfig | None = None) -> tupl
     Raises:
         FileNotFoundError: ``run_dir`` is not a directory or has no ``metrics.jsonl``.
     """
-    from .analysis.report import read_jsonl
-
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory not found: {run}")
-    if not (run / "metrics.jsonl").is_file():
+    if not (run / rundir.METRICS).is_file():
         raise FileNotFoundError(f"{run / 'metrics.jsonl'}: not found (not a training run directory?)")
-    metrics, bad_m = read_jsonl(run / "metrics.jsonl")
-    samples, bad_s = read_jsonl(run / "samples.jsonl")
+    metrics, bad_m = read_jsonl(run / rundir.METRICS)
+    samples, bad_s = read_jsonl(run / rundir.SAMPLES)
     notes = []
     if bad_m:
         notes.append(f"{run / 'metrics.jsonl'}: {bad_m} unreadable line(s) skipped")
     if bad_s:
         notes.append(f"{run / 'samples.jsonl'}: {bad_s} unreadable line(s) skipped")
-    if not (run / "samples.jsonl").is_file():
+    if not (run / rundir.SAMPLES).is_file():
         notes.append(f"{run / 'samples.jsonl'}: not found; sample-based monitors not measured")
     if config is None:
         config, cnotes = monitor_config_of(run)
@@ -560,57 +560,13 @@ def replay_run(run_dir: str | Path, config: MonitorConfig | None = None) -> tupl
 def resume_monitor(run_dir: str | Path, config: MonitorConfig | None = None) -> Monitor:
     """A monitor fed with a resumed run's (already truncated) logs; ``alerts.jsonl`` is rewritten to
     the alerts of those steps, so the resumed run raises each alert once."""
-    from .analysis.report import read_jsonl
-
     run = Path(run_dir)
-    mon = _feed(Monitor(config), read_jsonl(run / "metrics.jsonl")[0], read_jsonl(run / "samples.jsonl")[0])
-    (run / "alerts.jsonl").write_text("".join(json.dumps(a.to_dict()) + "\n" for a in mon.alerts), encoding="utf-8")
+    mon = _feed(Monitor(config), read_jsonl(run / rundir.METRICS)[0], read_jsonl(run / rundir.SAMPLES)[0])
+    write_alerts(run, mon.alerts)
     return mon
 
 
-def read_alerts(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of an ``alerts.jsonl`` (unreadable lines skipped)."""
-    from .analysis.report import read_jsonl
-
-    return read_jsonl(path)[0]
-
-
-def write_alert(run_dir: str | Path, alert: Alert) -> None:
-    with open(Path(run_dir) / "alerts.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(alert.to_dict()) + "\n")
-
-
 # -------------------------------------------------------------------------------------------- report
-def alert_panel_html(alerts: Sequence[Alert]) -> str:
-    """The report's top panel: what, since when, two example samples and what to try, per alert; a
-    short all-clear line when there is none."""
-    E = html.escape
-    if not alerts:
-        return ('<section id="alerts" class="alerts ok"><h2>Monitors</h2><p>No alert: none of the '
-                f'{len(MONITORS)} monitors ({E(", ".join(MONITORS))}) passed its threshold.</p></section>')
-    items = []
-    for a in alerts:
-        ex = "".join(
-            f'<li class="alert-example"><span class="meta">step {E(str(x.get("step")))} · {E(str(x.get("id")))} · '
-            f'reward {E(str(x.get("reward")))} · pred {E(str(x.get("pred")))} · gold {E(str(x.get("gold")))}</span>'
-            f'<pre>{E(str(x.get("response") or ""))}</pre></li>' for x in a.examples[:2])
-        state = "still active at the last step" if a.active else f"recovered by step {a.last_step}"
-        items.append(
-            f'<div class="alert" data-monitor="{E(a.monitor)}"><h3>{E(a.monitor.replace("_", " "))}: '
-            f'since step {a.onset_step}</h3><p>{E(a.what)}. {E(a.evidence)} (raised at step {a.raised_step}, '
-            f'{E(state)}).</p>' + (f"<ul>{ex}</ul>" if ex else "<p>(no example samples at these steps)</p>")
-            + f'<p class="advice"><b>What to try:</b> {E(a.advice)}</p></div>')
-    return (f'<section id="alerts" class="alerts"><h2>Monitor alerts ({len(alerts)})</h2>' + "".join(items)
-            + "</section>")
-
-
-ALERT_CSS = (".alerts{border:2px solid #e63946;border-radius:6px;padding:.5em 1em;margin:1em 0;background:#fff5f5}"
-             ".alerts.ok{border-color:#2a9d8f;background:#f3fbfa}.alert h3{color:#b00020;margin:.6em 0 .2em}"
-             ".alert pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.3em;max-height:12em;"
-             "overflow:auto}.alert .advice{margin-top:.3em}")
-"""CSS of :func:`alert_panel_html`, appended to the report's style."""
-
-
 # ------------------------------------------------------------------------------------------------ cli
 def cmd_monitor(a) -> int:
     alerts, notes = replay_run(a.run_dir)

@@ -21,9 +21,11 @@ before the options it refers to ("below").
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
-from .data.records import MCQ
+from medrlvr.records import MCQ
 
 R1_ZERO_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -37,8 +39,21 @@ TEMPLATES = ("r1-zero", "chat", "direct")
 THINK_PREFILL = "<think>"
 
 
+_OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$", re.M)
+
+
 def format_options(rec: MCQ) -> str:
+    """The options as lines ``"A. text"``, in the record's order."""
     return "\n".join(f"{k}. {v}" for k, v in rec.options.items())
+
+
+def parse_options(prompt: str) -> dict[str, str]:
+    """The options of a rendered prompt (the inverse of :func:`format_options`): ``{letter: text}`` from its
+    ``"A. text"`` lines, the first line of each letter kept; used when another engine's dump has only the text."""
+    opts: dict[str, str] = {}
+    for m in _OPTION_LINE.finditer(prompt or ""):
+        opts.setdefault(m.group(1), m.group(2).strip())
+    return opts
 
 
 def user_content(rec: MCQ) -> str:

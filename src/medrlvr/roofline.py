@@ -115,7 +115,7 @@ def cpu_summary() -> str:
 
     import torch
 
-    from .hardware import cpu_flags, cpu_model
+    from medrlvr.hardware import cpu_flags, cpu_model
 
     keep = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16", "neon",
             "asimd", "sve", "bf16")
@@ -263,7 +263,7 @@ def training_limit(shape: ModelShape, mach: Machine | None, seq_lens, micro_batc
     backward passes (3x a forward). Attention is causal over each sequence (mean context (T+1)/2).
 
     With ``prompt_lens`` (each sequence's prompt part), every ``group_size`` consecutive sequences share
-    one prompt (one sequence per group when ``group_size`` is 1: nothing is shared), run once per group (``share_prompt``, :mod:`medrlvr.batching`):
+    one prompt (one sequence per group when ``group_size`` is 1: nothing is shared), run once per group (``share_prompt``, :mod:`medrlvr.train.forward`):
     its tokens count once, and each response token attends to the prompt and the response before it.
     Micro-batches then hold whole groups, as the trainer packs them."""
     lens = [int(t) for t in seq_lens]

@@ -3,12 +3,12 @@
 Each training example is the *direct* prompt (question, lettered options, ``Answer:``) followed by
 the target ``" C"`` (:func:`medrlvr.prompts.direct_target`); the loss is the mean negative
 log-likelihood of the answer tokens only (the prompt is context, not a target). The data plumbing is
-the RL trainer's: :func:`medrlvr.data.load_any` for the sources, :class:`medrlvr.train.PromptStream`
+the RL trainer's: :func:`medrlvr.data.load_any` for the sources, :class:`medrlvr.train.trainer.PromptStream`
 for seeded epoch permutations (and optional per-epoch option shuffling),
-:func:`medrlvr.batching.pack` and :func:`medrlvr.batching.response_logprobs` for the loss.
+:func:`medrlvr.train.forward.pack` and :func:`medrlvr.train.forward.response_logprobs` for the loss.
 
 With ``lr_grid`` several learning rates are trained from the same initial weights, each model is
-scored on the dev set by log-likelihood accuracy (:func:`medrlvr.evaluate.evaluate`,
+scored on the dev set by log-likelihood accuracy (:func:`medrlvr.eval.benchmark.evaluate`,
 ``mode="loglik"``) and the best one is kept.
 
 Output directory: ``sft_config.json``, ``metrics.jsonl`` (one line per step, per dev evaluation and
@@ -29,15 +29,15 @@ from typing import Any, Callable
 
 import torch
 
-from .batching import pack, response_logprobs
-from .data import MCQ, load_any
-from .evaluate import encode, evaluate
-from .config import autocast_setting
-from .hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
-from .models import load_policy
-from .prompts import direct_target, render
-from .fileio import atomic_write_dir
-from .train import PromptStream
+from medrlvr.train.forward import pack, response_logprobs
+from medrlvr.data import MCQ, load_any
+from medrlvr.eval.benchmark import encode, evaluate
+from medrlvr.train.config import autocast_setting
+from medrlvr.hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
+from medrlvr.models import load_policy
+from medrlvr.prompts import direct_target, render
+from medrlvr.fileio import atomic_write_dir
+from medrlvr.train.stream import PromptStream
 
 
 @dataclass

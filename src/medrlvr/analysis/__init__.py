@@ -2,8 +2,8 @@
 
 - :mod:`medrlvr.analysis.stages`: features of a completion, the six Med-RLVR training stages
   (:func:`classify`), per-step stage distributions and reward-hacking rates.
-- :mod:`medrlvr.analysis.report`: :func:`build_report` writes a self-contained ``report.html``
-  for a run directory (imported lazily: it needs matplotlib).
+- :mod:`medrlvr.analysis.report`: :func:`~medrlvr.analysis.report.build_report` writes a self-contained
+  ``report.html`` for a run directory (import it from there: it needs matplotlib).
 """
 
 from medrlvr.analysis.stages import (
@@ -26,7 +26,6 @@ __all__ = [
     "STAGES",
     "STAGE_DESCRIPTIONS",
     "StageConfig",
-    "build_report",
     "classify",
     "classify_sample",
     "classify_samples",
@@ -39,10 +38,3 @@ __all__ = [
     "stage_distribution",
 ]
 
-
-def __getattr__(name: str):
-    if name == "build_report":
-        from medrlvr.analysis.report import build_report
-
-        return build_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,10 +50,11 @@ from medrlvr.analysis.stages import (
     segments,
     stage_distribution,
 )
-from medrlvr.monitor import ALERT_CSS, alert_panel_html, monitor_config_of, replay
+from medrlvr.monitor import MONITORS, Alert, monitor_config_of, replay
+from medrlvr.rundir import read_jsonl
 from medrlvr.reward import FLAGS
 
-__all__ = ["STAGE_COLORS", "TRAINING_METRICS", "build_report", "read_jsonl"]
+__all__ = ["STAGE_COLORS", "TRAINING_METRICS", "alert_panel_html", "build_report"]
 
 STAGE_COLORS: dict[str, str] = {
     "format_failure": "#9e9e9e",
@@ -83,36 +84,6 @@ _MAX_RESPONSE_CHARS = 8000  # per sample in the browser; the rest is cut with a 
 # --------------------------------------------------------------------------- #
 # Reading
 # --------------------------------------------------------------------------- #
-
-
-def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Read a JSONL file leniently.
-
-    Returns:
-        ``(records, n_bad)``: the lines that parse as JSON objects, and the number of
-        non-empty lines that do not (e.g. a last line truncated while training writes it).
-        A missing file gives ``([], 0)``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        return [], 0
-    out: list[dict[str, Any]] = []
-    bad = 0
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-            else:
-                bad += 1
-    return out, bad
 
 
 def _num(v: Any) -> float | None:
@@ -564,6 +535,41 @@ def _stage_legend_table() -> str:
         for st in STAGES
     )
     return f"<details><summary>stage definitions</summary><table>{rows}</table></details>"
+
+
+# --------------------------------------------------------------------------- #
+# Monitor alerts
+# --------------------------------------------------------------------------- #
+
+
+def alert_panel_html(alerts: Sequence[Alert]) -> str:
+    """The report's top panel: what, since when, two example samples and what to try, per alert; a
+    short all-clear line when there is none."""
+    E = html.escape
+    if not alerts:
+        return ('<section id="alerts" class="alerts ok"><h2>Monitors</h2><p>No alert: none of the '
+                f'{len(MONITORS)} monitors ({E(", ".join(MONITORS))}) passed its threshold.</p></section>')
+    items = []
+    for a in alerts:
+        ex = "".join(
+            f'<li class="alert-example"><span class="meta">step {E(str(x.get("step")))} · {E(str(x.get("id")))} · '
+            f'reward {E(str(x.get("reward")))} · pred {E(str(x.get("pred")))} · gold {E(str(x.get("gold")))}</span>'
+            f'<pre>{E(str(x.get("response") or ""))}</pre></li>' for x in a.examples[:2])
+        state = "still active at the last step" if a.active else f"recovered by step {a.last_step}"
+        items.append(
+            f'<div class="alert" data-monitor="{E(a.monitor)}"><h3>{E(a.monitor.replace("_", " "))}: '
+            f'since step {a.onset_step}</h3><p>{E(a.what)}. {E(a.evidence)} (raised at step {a.raised_step}, '
+            f'{E(state)}).</p>' + (f"<ul>{ex}</ul>" if ex else "<p>(no example samples at these steps)</p>")
+            + f'<p class="advice"><b>What to try:</b> {E(a.advice)}</p></div>')
+    return (f'<section id="alerts" class="alerts"><h2>Monitor alerts ({len(alerts)})</h2>' + "".join(items)
+            + "</section>")
+
+
+ALERT_CSS = (".alerts{border:2px solid #e63946;border-radius:6px;padding:.5em 1em;margin:1em 0;background:#fff5f5}"
+             ".alerts.ok{border-color:#2a9d8f;background:#f3fbfa}.alert h3{color:#b00020;margin:.6em 0 .2em}"
+             ".alert pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:.3em;max-height:12em;"
+             "overflow:auto}.alert .advice{margin-top:.3em}")
+"""CSS of :func:`alert_panel_html`, appended to the report's style."""
 
 
 def build_report(

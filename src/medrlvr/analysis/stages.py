@@ -98,6 +98,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from medrlvr.reward.letters import norm_text, normalize_options, text_before_first_choice
 from medrlvr.reward import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -246,20 +247,6 @@ _MARKER_RES = (
     re.compile(r"(?m)^[ \t]*[-*\u2022\u2023\u25aa\u25e6][ \t]+(?=\S)"),  # bullets
 )
 
-_MARKUP_RE = re.compile(r"[*_`~$]+|\\(?:boxed|text|textbf|mathbf|mathrm)\s*")
-# Explicit choice statements of a letter inside the think block.
-_CUE_RE = re.compile(
-    r"(?i:\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be))?)"
-    r"\s*[:=\-]?\s*(?:[(\[{]\s*([A-Za-z])\s*[)\]}]|([A-Z])(?![A-Za-z0-9'\u2019\-])|([a-z])(?=[\s.!)\]}]*$))"
-)
-_IS_CORRECT_RE = re.compile(
-    r"(?<![A-Za-z0-9'\u2019\-])([A-Z])\)?\s+(?i:is\s+(?:the\s+)?(?:correct|right|best|answer))\b"
-)
-_BRACKET_RE = re.compile(r"[(\[]\s*([A-Z])\s*[)\]]")
-_START_RE = re.compile(r"\A\s*[(\[]?([A-Z])(?!\.[ \t]*[a-z])\s*[.):\]](?=\s|\Z)")  # not "E. coli"
-_BARE_RE = re.compile(r"\A[\s(\[{<*]*([A-Za-z])[\s)\]}>.:,;!*]*\Z")
-_END_LETTER_RE = re.compile(r"(?<![A-Za-z0-9'\u2019\-.])([A-Z])[.!]?\s*\Z")
-_NONWORD_RE = re.compile(r"[\W_]+")
 
 
 def _nfkc(s: str) -> str:
@@ -281,10 +268,6 @@ def _non_space(s: str) -> int:
 
 def _has_letters(s: str) -> bool:
     return any(unicodedata.category(ch).startswith("L") for ch in s)
-
-
-def _norm_text(s: str) -> str:
-    return " ".join(_NONWORD_RE.sub(" ", _nfkc(s).casefold()).split())
 
 
 def repetition(text: str, n: int = 4) -> float:
@@ -321,20 +304,6 @@ def _count_tokens(text: str, tokenizer: Any) -> int:
     except AttributeError:
         ids = tokenizer(text)["input_ids"]
     return len(ids)
-
-
-def _norm_options(options: Any) -> dict[str, str]:
-    if isinstance(options, Mapping):
-        items = options.items()
-    elif isinstance(options, (list, tuple)):
-        items = zip(LETTERS, options)
-    else:
-        return {}
-    out = {}
-    for k, v in items:
-        if isinstance(k, str) and isinstance(v, str) and len(k.strip()) == 1 and k.strip().upper() in LETTERS:
-            out[k.strip().upper()] = v
-    return out
 
 
 def _n_opts(n_options: Any, options: dict[str, str]) -> int:
@@ -385,17 +354,8 @@ def _word_index(text: str, pos: int) -> int:
 
 def _letter_reveal(think: str, targets: set[str]) -> int | None:
     """Word position of the first explicit choice of a ``targets`` letter in ``think``."""
-    t = _MARKUP_RE.sub("", _nfkc(think))
-    best: int | None = None
-    for rx in (_CUE_RE, _IS_CORRECT_RE, _BRACKET_RE, _START_RE, _BARE_RE, _END_LETTER_RE):
-        for m in rx.finditer(t):
-            letter = next((g for g in m.groups() if g), None)
-            if letter is None or letter.upper() not in targets:
-                continue
-            pos = _word_index(t, m.start())
-            best = pos if best is None else min(best, pos)
-            break
-    return best
+    before = text_before_first_choice(think, targets)
+    return None if before is None else _n_words(before)
 
 
 # --------------------------------------------------------------------------- #
@@ -457,7 +417,7 @@ def features(
     """
     cfg = config or StageConfig()
     text = response if isinstance(response, str) else ""
-    opts = _norm_options(options)
+    opts = normalize_options(options)
     n = _n_opts(n_options, opts)
     g = _norm_gold(gold, n)
 
@@ -506,13 +466,13 @@ def features(
                 eff, pred, None, None, RewardConfig(answer_in_think_option_text=False)
             )
         if opts:
-            tnorm = _norm_text(think)
+            tnorm = norm_text(think)
             padded = f" {tnorm} "
             n_think_norm = len(tnorm.split())
             for letter in (pred, g):
                 if not letter or letter not in opts:
                     continue
-                o = _norm_text(opts[letter])
+                o = norm_text(opts[letter])
                 if len(o) < 3:
                     continue
                 idx = padded.find(f" {o} ")

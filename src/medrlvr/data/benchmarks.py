@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .loaders import load_medmcqa, load_medqa, load_mmlu_csv, load_mmlu_pro, load_pubmedqa
-from .records import MCQSet
+from medrlvr.data.loaders import load_medmcqa, load_medqa, load_mmlu_csv, load_mmlu_pro, load_pubmedqa
+from medrlvr.records import MCQSet
 
 MMLU_MEDICAL_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                          "professional_medicine")
@@ -62,7 +62,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 def _load_starter(split: str) -> MCQSet:
-    from .starter import load_starter
+    from medrlvr.data.starter import load_starter
 
     return load_starter(split)
 
@@ -103,21 +103,3 @@ def load_benchmark(spec: str, data_root: str | os.PathLike | None = None, split:
     return b.loader(root if root is not None else Path("."), split, skip_invalid)
 
 
-def load_any(spec: str, data_root=None, columns=None, skip_invalid: bool = False, split: str | None = None) -> MCQSet:
-    """A benchmark name, a file path (generic loader with ``columns``; ``FILE.json:KEY/PATH`` selects a set
-    inside a nested JSON file), or ``hub:ORG/NAME[:SPLIT]``."""
-    from .loaders import columns_for_sources, load_generic, load_hub
-
-    if isinstance(columns, str) and ";" in columns:   # per-file maps: this source's entry over the default
-        columns = columns_for_sources(columns, [spec], strict=False)[spec]
-    if spec.startswith("hub:"):
-        ds, _, sp = spec[4:].partition(":")
-        return load_hub(ds, split=sp or split or "test", columns=columns, skip_invalid=skip_invalid)
-    if split_name(spec)[0] in BENCHMARKS:
-        return load_benchmark(spec, data_root, split=split, skip_invalid=skip_invalid)
-    if Path(spec).exists():
-        return load_generic(spec, columns, split=split or "test", skip_invalid=skip_invalid)
-    base, _, select = spec.rpartition(":")
-    if base and select and Path(base).is_file():   # FILE.json:KEY, a set inside a nested JSON file
-        return load_generic(base, columns, split=split or "test", skip_invalid=skip_invalid, select=select)
-    raise ValueError(f"{spec!r} is neither a benchmark ({', '.join(BENCHMARKS)}), an existing file, nor hub:ID")

@@ -2,7 +2,7 @@
 
 Sources are benchmark names (``NAME[:SPLIT]``), files (``.jsonl/.json/.csv/.parquet``, a nested JSON set as
 ``FILE.json:KEY``) or ``hub:ID``. ``--columns`` takes one column map for every file or one per file
-(``"a.csv=question=q,gold=k;b.jsonl=options=choices"``, see :func:`medrlvr.data.loaders.columns_for_sources`).
+(``"a.csv=question=q,gold=k;b.jsonl=options=choices"``, see :func:`medrlvr.data.sources.columns_for_sources`).
 
 Exit codes: 0 done; 1 ``validate`` found invalid records (each listed); 2 bad input that stops the command
 (a file that cannot be read as a whole: missing, empty, header only, a column the map needs absent, a
@@ -13,11 +13,9 @@ as one ``medrlvr: error: FILE[:LINE]: field 'F': reason`` line by :func:`medrlvr
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
-from typing import TextIO
 
-from .records import DataError, MCQSet
+from medrlvr.data.sources import columns_for_sources, load_any, load_sources
 
 
 def _data_root_arg(p):
@@ -29,46 +27,12 @@ COLUMNS_HELP = ("column map for files, e.g. question=q,options=A|B|C|D,gold=ans;
                 "'a.csv=question=q,gold=k;b.jsonl=options=choices,gold=label,gold_type=index0'")
 
 
-def report(s: MCQSet, stream: TextIO | None = None, warnings: bool = True) -> None:
-    """Print the skipped-record report of ``data validate`` (one ``invalid: FILE:LINE: ...`` line per skipped
-    record, then ``warning: ...`` lines) and a one-line count, when there is anything to say (default: stderr)."""
-    stream = stream or sys.stderr
-    if not s.skipped and not (warnings and s.warnings):
-        return
-    for sk in s.skipped:
-        print(f"invalid: {sk}", file=stream)
-    if warnings:
-        for w in s.warnings:
-            print(f"warning: {w}", file=stream)
-    print(f"{s.name}: {len(s)} valid, {len(s.skipped)} invalid (skipped), {len(s.warnings)} with warnings",
-          file=stream)
-
-
-def load_sources(sources: list[str], data_root, columns, skip_invalid: bool = False, stream: TextIO | None = None,
-                 warnings: bool = True) -> dict[str, MCQSet]:
-    """Load each source with its own column map; report what ``skip_invalid`` skipped; refuse a source left
-    with no valid record (an empty set is never what is meant)."""
-    from .benchmarks import load_any
-    from .loaders import columns_for_sources
-
-    maps = columns_for_sources(columns, sources)
-    out: dict[str, MCQSet] = {}
-    for spec in sources:
-        s = load_any(spec, data_root, maps[spec] or None, skip_invalid=skip_invalid)
-        report(s, stream, warnings=warnings)
-        if not s.records:
-            first = f"; the first: {s.skipped[0]}" if s.skipped else ""
-            raise DataError(f"no valid records: all {len(s.skipped)} were invalid{first}")
-        out[spec] = s
-    return out
-
-
 def _split_list(x: str | None) -> list[str]:
     return [b.strip() for b in (x or "").split(",") if b.strip()]
 
 
 def cmd_data_stats(a) -> int:
-    from .benchmarks import BENCHMARKS
+    from medrlvr.data.benchmarks import BENCHMARKS
 
     names = list(a.sources or []) + _split_list(a.benchmarks)
     if not names:
@@ -103,9 +67,6 @@ def cmd_data_stats(a) -> int:
 
 
 def cmd_data_validate(a) -> int:
-    from .benchmarks import load_any
-    from .loaders import columns_for_sources
-
     cmap = columns_for_sources(a.columns, [a.source])[a.source]
     s = load_any(a.source, a.data_root, cmap or None, skip_invalid=True)   # a file-level error: exit 2 (cli.main)
     for line in s.report_lines():
@@ -115,11 +76,11 @@ def cmd_data_validate(a) -> int:
 
 
 def cmd_data_show(a) -> int:
-    from ..prompts import render
+    from medrlvr.prompts import render
 
     tok = None
     if a.template == "chat":
-        from ..models import load_tokenizer
+        from medrlvr.models import load_tokenizer
 
         tok = load_tokenizer(a.model)
     s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
@@ -131,14 +92,14 @@ def cmd_data_show(a) -> int:
 
 
 def cmd_data_export(a) -> int:
-    from ..export import export
+    from medrlvr.integrations.export import export
 
     s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
     p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
     print(f"wrote {len(s)} record{'' if len(s) == 1 else 's'} to {p} ({a.format})")
     if a.format == "openrlhf":
-        from ..integrations.openrlhf import write_reward_file
-        from ..prompts import response_prefix
+        from medrlvr.integrations.openrlhf import write_reward_file
+        from medrlvr.prompts import response_prefix
 
         rf = write_reward_file(p.parent / "medrlvr_openrlhf_reward.py",
                                prefill=response_prefix(a.template, not a.no_prefill) or None)
@@ -147,7 +108,7 @@ def cmd_data_export(a) -> int:
 
 
 def cmd_data_contamination(a) -> int:
-    from .transforms import contamination
+    from medrlvr.data.transforms import contamination
 
     if a.a == a.b:
         raise ValueError(f"contamination of {a.a} with itself: give two different sources")

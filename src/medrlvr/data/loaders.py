@@ -1,7 +1,7 @@
 """Loaders: one per benchmark file format in ``../shared/data``, plus a generic column-mapped loader.
 
-All loaders return an :class:`~medrlvr.data.records.MCQSet`. Malformed lines and invalid records
-raise :class:`~medrlvr.data.records.DataError` naming file, line (or key) and field, unless
+All loaders return an :class:`~medrlvr.records.MCQSet`. Malformed lines and invalid records
+raise :class:`~medrlvr.records.DataError` naming file, line (or key) and field, unless
 ``skip_invalid=True``, in which case they are counted in ``MCQSet.skipped``.
 
 Column map (generic loader, CLI ``--columns``): a comma-separated list of ``key=value``:
@@ -41,7 +41,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .records import LETTERS, DataError, MCQ, MCQSet, collect, make_mcq
+from medrlvr.records import LETTERS, DataError, MCQSet, collect, make_mcq
 
 
 # ----------------------------------------------------------------------------------------- readers
@@ -62,7 +62,7 @@ def _decode(raw: bytes, p: Path, line: int | None = None) -> str:
                         path=str(p), line=line) from None
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)``; a malformed line yields a :class:`DataError` in place of the object
     (so that ``skip_invalid`` can count it). Blank lines are ignored, a UTF-8 BOM is stripped, and a file
     without a single non-blank line raises :class:`DataError`."""
@@ -272,14 +272,14 @@ def read_any(path: str | os.PathLike, select: str | None = None) -> Iterator[tup
         raise DataError(f"a record selector ({select!r}) only applies to .json files", path=str(path),
                         field="records")
     if suffix in (".jsonl", ".ndjson"):
-        return read_jsonl(path)
+        return iter_jsonl(path)
     if suffix == ".json":
         p = _check_file(path)
         with open(p, "rb") as f:
             head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
         # A ".json" that is really JSON Lines (MedMCQA's upstream file is one).
         if head.startswith("{") and "\n{" in head and not head.startswith("{\n") and not select:
-            return read_jsonl(path)
+            return iter_jsonl(path)
         return read_json(path, select)
     if suffix == ".csv":
         return read_csv(path)
@@ -314,7 +314,7 @@ def load_medqa(path, split: str = "test", name: str = "medqa", skip_invalid: boo
                         options=opts, gold=gold, source=name, split=split, meta=meta, path=path, line=line,
                         duplicate_options="warn")
 
-    return collect(f"{name}:{split}", read_jsonl(path), build, path=path, skip_invalid=skip_invalid)
+    return collect(f"{name}:{split}", iter_jsonl(path), build, path=path, skip_invalid=skip_invalid)
 
 
 def load_mmlu_pro(path, category: str | None = "health", split: str = "test", name: str = "mmlu-pro-health",
@@ -324,7 +324,7 @@ def load_mmlu_pro(path, category: str | None = "health", split: str = "test", na
     path = str(path)
 
     def rows():
-        for line, row in read_jsonl(path):
+        for line, row in iter_jsonl(path):
             if category is None or isinstance(row, DataError) or row.get("category") == category:
                 yield line, row
 
@@ -461,7 +461,7 @@ def merge_sets(name: str, sets: list[MCQSet]) -> MCQSet:
 
 # ------------------------------------------------------------------------------------ generic loader
 GOLD_TYPES = ("auto", "letter", "index0", "index1", "text")
-_COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta", "records")
+COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta", "records")
 
 
 def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -480,56 +480,15 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
             if not part:
                 continue
             if "=" not in part:
-                raise ValueError(f"column map entry {part!r} is not key=value (keys: {', '.join(_COLUMN_KEYS)})")
+                raise ValueError(f"column map entry {part!r} is not key=value (keys: {', '.join(COLUMN_KEYS)})")
             k, v = part.split("=", 1)
             items[k.strip()] = v.strip()
-    bad = set(items) - set(_COLUMN_KEYS)
+    bad = set(items) - set(COLUMN_KEYS)
     if bad:
-        raise ValueError(f"unknown column map key(s) {sorted(bad)}; known: {', '.join(_COLUMN_KEYS)}")
+        raise ValueError(f"unknown column map key(s) {sorted(bad)}; known: {', '.join(COLUMN_KEYS)}")
     if items.get("gold_type", "auto") not in GOLD_TYPES:
         raise ValueError(f"gold_type must be one of {GOLD_TYPES}, got {items['gold_type']!r}")
     return items
-
-
-def columns_for_sources(columns: str | Mapping[str, str] | None, sources: list[str],
-                        strict: bool = True) -> dict[str, dict[str, str]]:
-    """One column map per source from a ``--columns`` value.
-
-    ``columns`` is one map (``question=q,gold=ans``: every file uses it) or ``;``-separated entries, each
-    either a map (the default for all files) or ``FILE=map`` for one file: ``"a.csv=question=q,gold=k;
-    b.jsonl=options=choices,gold=label,gold_type=index0"``. ``FILE`` is a source exactly as given or its
-    file name (``a.csv`` for ``data/a.csv``; ``nested.json:setA`` for a selected JSON set). A file's own
-    entry is merged over the default. An entry naming no source, or naming a built-in benchmark, is an
-    error (``strict=False``: ignored, for a caller that loads one source of several). Returns ``{source: map}``
-    for every source."""
-    from .benchmarks import BENCHMARKS, split_name
-
-    if columns is None or isinstance(columns, Mapping):
-        base = parse_column_map(columns)
-        return {s: dict(base) for s in sources}
-    default: dict[str, str] = {}
-    own: dict[str, dict[str, str]] = {}
-    for entry in [e.strip() for e in str(columns).split(";") if e.strip()]:
-        head, eq, rest = entry.partition("=")
-        if not eq:
-            raise ValueError(f"--columns entry {entry!r} is not key=value or FILE=key=value")
-        if head.strip() in _COLUMN_KEYS:
-            default.update(parse_column_map(entry))
-            continue
-        sel = head.strip()
-        hits = [s for s in sources if s == sel or Path(s).name == sel]
-        if not hits and not strict:
-            continue
-        if not hits:
-            raise ValueError(f"--columns names {sel!r}, which is not among the sources ({', '.join(sources)})")
-        if len(hits) > 1:
-            raise ValueError(f"--columns entry {sel!r} matches several sources ({', '.join(hits)}): give the path")
-        if split_name(hits[0])[0] in BENCHMARKS:
-            raise ValueError(f"--columns entry {sel!r}: {hits[0]} is a built-in benchmark, which needs no column map")
-        if hits[0] in own:
-            raise ValueError(f"--columns gives two maps for {hits[0]}")
-        own[hits[0]] = parse_column_map(rest)
-    return {s: {**default, **own.get(s, {})} for s in sources}
 
 
 def _unwrap_gold(gold: Any, path, line, field: str) -> Any:
@@ -740,21 +699,3 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
     return collect(f"{name}:{split}", rows, build, path=path, skip_invalid=skip_invalid)
 
 
-def load_hub(dataset_id: str, split: str = "test", columns: str | Mapping[str, str] | None = None,
-             config: str | None = None, skip_invalid: bool = False) -> MCQSet:
-    """Load a Hugging Face Hub dataset through the column map (needs ``pip install medrlvr[hub]`` and
-    network access; never used by tests)."""
-    try:
-        import datasets  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the user's install
-        raise ImportError("loading from the Hub needs the 'datasets' package: pip install 'medrlvr[hub]'") from e
-    import tempfile
-
-    ds = datasets.load_dataset(dataset_id, config, split=split)
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "data.parquet")
-        ds.to_parquet(out)
-        s = load_generic(out, columns, name=dataset_id.replace("/", "__"), split=split, skip_invalid=skip_invalid)
-    for sk in s.skipped:  # point errors at the Hub id rather than the temporary file
-        object.__setattr__(sk, "path", f"hub:{dataset_id}")
-    return s

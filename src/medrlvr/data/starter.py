@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from .loaders import read_jsonl
-from .records import MCQSet, collect, make_mcq
+from medrlvr.data.loaders import iter_jsonl
+from medrlvr.records import MCQSet, collect, make_mcq
 
 STARTER_FILES = ("starter_a.jsonl", "starter_b.jsonl")
 
@@ -32,7 +32,7 @@ def load_starter(split: str = "all") -> MCQSet:
                                 source="starter", split=sp, meta={"topic": row.get("topic")}, path=str(path),
                                 line=line)
 
-            s = collect("starter", read_jsonl(path), build, path=str(path))
+            s = collect("starter", iter_jsonl(path), build, path=str(path))
             sets.append(s)
     records = [r for s in sets for r in s.records if split == "all" or r.split == split]
     return MCQSet(name=f"starter:{split}", records=records)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
-from .records import LETTERS, MCQ
+from medrlvr.records import LETTERS, MCQ
 
 
 def shuffle_options(rec: MCQ, seed: int) -> MCQ:

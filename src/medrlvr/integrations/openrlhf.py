@@ -20,10 +20,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..prompts import THINK_PREFILL
+from medrlvr.prompts import THINK_PREFILL, parse_options
 
 _TRAILING_SPECIAL = re.compile(r"(?:\s*(?:<\|[^|<>]{1,40}\|>|</s>|<pad>|<eos>|<\|endoftext\|>))+\s*$")
-_OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$", re.M)
 
 REWARD_FILE = '''"""OpenRLHF reward function, written by medrlvr {version}: --remote_rm_url <this file> --label_key label."""
 from medrlvr.integrations.openrlhf import make_reward_func
@@ -55,15 +54,13 @@ def _label(label: Any, prompt: str) -> tuple[str, int, dict[str, str]]:
     elif isinstance(label, dict):
         gold, n, opts = label.get("gold"), label.get("n_options"), label.get("options")
     if not opts:
-        opts = {}
-        for m in _OPTION_LINE.finditer(prompt or ""):
-            opts.setdefault(m.group(1), m.group(2).strip())
+        opts = parse_options(prompt or "")
     return str(gold).strip().upper(), int(n or len(opts) or 5), dict(opts)
 
 
 def make_reward_func(scheme: str = "paper", prefill: str | None = THINK_PREFILL) -> Callable[..., dict[str, Any]]:
     """An OpenRLHF ``reward_func`` for ``scheme`` (the pre-fill joined back unless ``prefill`` is empty)."""
-    from ..reward import FLAGS, join_prefill, score
+    from medrlvr.reward import FLAGS, join_prefill, score
 
     def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any], **kwargs: Any):
         import torch
@@ -98,7 +95,7 @@ reward_func = make_reward_func()
 def write_reward_file(path, scheme: str = "paper", prefill: str | None = THINK_PREFILL):
     from pathlib import Path
 
-    from .. import __version__
+    from medrlvr import __version__
 
     p = Path(path)
     p.write_text(REWARD_FILE.format(version=__version__, scheme=scheme, prefill=prefill), encoding="utf-8")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import fileio
+from medrlvr import fileio
 
 SAFE_TO_CHANGE = frozenset({
     "eval_every", "save_every", "keep_checkpoints", "sample_every", "data_root", "rank", "world_size",
@@ -155,7 +155,7 @@ def check_drift(run_dir: Path, cfg, allow: tuple[str, ...] | list[str] = ()) -> 
     ``{key: (saved, now)}``, raise ValueError listing the others (see the module doc)."""
     from dataclasses import fields
 
-    from .config import TrainConfig, build_config
+    from medrlvr.train.config import TrainConfig, build_config
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():

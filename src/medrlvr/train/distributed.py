@@ -7,7 +7,7 @@ by ``DistributedDataParallel`` or sharded by FSDP2 (``torch.distributed.fsdp.ful
 full weights are gathered with ``torch.distributed.checkpoint.state_dict``.
 
 What makes a run independent of the number of processes (the trainer's side of it is in
-:mod:`medrlvr.train`):
+:mod:`medrlvr.train.trainer`):
 
 * data: every rank reads the same global prompt stream (one seed orders it) and keeps its contiguous
   slice of each step's ``prompts_per_step`` prompts, so GRPO groups never straddle ranks and the data
@@ -48,7 +48,6 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -56,7 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .models import unwrap_peft
+from medrlvr.models import unwrap_peft
 
 PARALLEL_MODES = ("ddp", "fsdp2")
 
@@ -213,16 +212,16 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> tor
     """:func:`medrlvr.algos.masked_whiten` with the mean and the (unbiased) variance over the masked
     entries of *all* ranks (two all-reduces: sum and count, then the squared deviations), in float64 so
     that the partial sums' order (the world size) does not show in the float32 result."""
-    from .algos import _masked
+    from medrlvr.algos import masked
 
     x64 = x.double()
     m = (mask != 0).to(torch.float64)
-    t = all_sum(torch.stack([_masked(x64, m).sum(), m.sum()]))
+    t = all_sum(torch.stack([masked(x64, m).sum(), m.sum()]))
     mean = t[0] / t[1].clamp_min(1e-8)
-    sq = all_sum(_masked((x64 - mean) ** 2, m).sum())
+    sq = all_sum(masked((x64 - mean) ** 2, m).sum())
     den = t[1] - 1
     var = torch.where(den > 0, sq / den.clamp_min(1e-8), torch.zeros_like(sq))
-    return _masked((x64 - mean) * torch.rsqrt(var + eps), m).to(x.dtype)
+    return masked((x64 - mean) * torch.rsqrt(var + eps), m).to(x.dtype)
 
 
 def prompt_seed(seed: int, step: int, index: int, round_: int = 0) -> int:
@@ -444,7 +443,7 @@ def sharded_eval(fn: Callable, records: list, details: bool = False) -> dict:
     out = {"eval_accuracy": sum(r[0] for r in allrows) / m, "eval_format_valid": sum(r[1] for r in allrows) / m,
            "eval_response_chars": sum(r[2] for r in allrows) / m, "eval_n": len(allrows) // per_question,
            "eval_samples": per_question, "eval_temperature": res.get("eval_temperature")}
-    from .analysis.stages import heldout_letter_metrics
+    from medrlvr.analysis.stages import heldout_letter_metrics
 
     out.update(heldout_letter_metrics((r[3], r[4]) for r in allrows))
     if details:

@@ -45,15 +45,14 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
-from math import comb
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .data import BENCHMARKS, MCQ, MCQSet, shuffle_options
-from .data.records import LETTERS
+from medrlvr.data import BENCHMARKS, MCQ, MCQSet, shuffle_options
+from medrlvr.eval.stats import bootstrap_ci, doubling_ks, majority_at_k, pass_at_k, random_baseline
+from medrlvr.records import LETTERS
 
 MODES = ("cot", "direct", "loglik")
 SUBSET_KEYS = ("meta_info", "subject_name", "subject", "src", "topic")  # MedQA, MedMCQA, MMLU, MMLU-Pro, starter
@@ -67,86 +66,6 @@ _RESUME_KEYS = ("model", "mode", "template", "prefill_think", "n_samples", "temp
 
 
 # ------------------------------------------------------------------------------------------ statistics
-def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> list[float | None]:
-    """Percentile bootstrap CI of the mean of ``values``: ``n_resamples`` resamples of the same size
-    drawn with replacement by ``numpy.random.default_rng(seed).integers(0, n, (n_resamples, n))``;
-    returns ``[q(alpha/2), q(1-alpha/2)]`` of the resampled means (``[None, None]`` when empty or
-    ``n_resamples == 0``)."""
-    x = np.asarray(values, dtype=np.float64)
-    n = x.shape[0]
-    if n == 0 or not n_resamples:
-        return [None, None]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
-
-
-def random_baseline(n_options: Sequence[int], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Uniform random guessing: expected accuracy ``mean(1/n_options)``; ``ci95`` is the percentile
-    interval of the accuracy a random guesser obtains on a bootstrap resample of the questions (each
-    resample also redraws the guesses), i.e. the range a chance-level model's score falls in."""
-    p = 1.0 / np.asarray(n_options, dtype=np.float64)
-    n = p.shape[0]
-    if n == 0:
-        return {"accuracy": None, "ci95": [None, None]}
-    out: dict[str, Any] = {"accuracy": float(p.mean()), "ci95": [None, None]}
-    if n_resamples:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(n_resamples, n))
-        hits = rng.random((n_resamples, n)) < p[idx]
-        lo, hi = np.percentile(hits.mean(axis=1), [2.5, 97.5])
-        out["ci95"] = [float(lo), float(hi)]
-    return out
-
-
-def pass_at_k(n_correct: Sequence[int], n: int, k: int) -> float:
-    """Mean over questions of the unbiased pass@k (:func:`medrlvr.algos.unbiased_pass_at_k`)."""
-    from .algos import unbiased_pass_at_k
-
-    return float(np.mean([unbiased_pass_at_k(n, c, k) for c in n_correct])) if len(n_correct) else float("nan")
-
-
-def majority_at_k(answers: Sequence[str | None], gold: str, k: int) -> float:
-    """Expected accuracy of a majority vote over ``k`` of the ``n = len(answers)`` samples, averaged
-    exactly over all ``C(n, k)`` subsets (the unbiased maj@k estimate). ``None`` answers (no letter,
-    or bad format) do not vote; a tie among the most voted letters is broken uniformly at random
-    (the gold then counts ``1/ties``); a subset without any vote is wrong."""
-    n = len(answers)
-    if not 1 <= k <= n:
-        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
-    counts = Counter(a for a in answers if a is not None)
-    c_gold = counts.pop(gold, 0)
-    c_none = sum(1 for a in answers if a is None)
-    others = list(counts.values())
-    total = Fraction(0)
-    for g in range(1, min(k, c_gold) + 1):
-        # dp[(s, t)]: ways to take s samples from the other letters, none more than g, t of them at g
-        dp: dict[tuple[int, int], int] = {(0, 0): 1}
-        for c in others:
-            nxt: dict[tuple[int, int], int] = {}
-            for (s, t), w in dp.items():
-                for j in range(min(c, g, k - g - s) + 1):
-                    key = (s + j, t + (j == g))
-                    nxt[key] = nxt.get(key, 0) + w * comb(c, j)
-            dp = nxt
-        for (s, t), w in dp.items():
-            r = k - g - s
-            if 0 <= r <= c_none:
-                total += Fraction(comb(c_gold, g) * w * comb(c_none, r), 1 + t)
-    return float(total / comb(n, k))
-
-
-def _ks(n: int) -> list[int]:
-    ks, k = [], 1
-    while k < n:
-        ks.append(k)
-        k *= 2
-    return ks + [n]
-
-
 def subset_of(rec: MCQ) -> str | None:
     """The record's subset label: MedQA ``meta_info`` (step1 / step2&3), MedMCQA ``subject_name``,
     MMLU ``subject``, MMLU-Pro ``src``, starter ``topic``; ``None`` when it has none."""
@@ -252,7 +171,7 @@ def _read_rows(path: Path) -> dict[tuple[str, int], dict]:
         except (TypeError, ValueError):
             raise ValueError(f"{path} line {i}: 'variant' is not an integer: {r['variant']!r}") from None
     if torn:
-        from .fileio import atomic_write_text
+        from medrlvr.fileio import atomic_write_text
 
         print(f"[medrlvr] {path}: dropped a torn last line ({len(torn)} bytes, an interrupted write); "
               "its questions are recomputed", file=sys.stderr)
@@ -266,7 +185,7 @@ def _loglik_batch(model, tokenizer, items: list[_Item]) -> list[dict[str, float]
     import torch
     import torch.nn.functional as F
 
-    from .batching import _split_lm, pack, response_hidden, response_logprobs
+    from medrlvr.train.forward import split_lm, pack, response_hidden, response_logprobs
 
     n_max = max(it.rec.n_options for it in items)
     letter_ids = [encode(tokenizer, " " + L) for L in LETTERS[:n_max]]
@@ -275,7 +194,7 @@ def _loglik_batch(model, tokenizer, items: list[_Item]) -> list[dict[str, float]
     if all(len(t) == 1 for t in letter_ids):
         b = pack([it.ids for it in items], [[letter_ids[0][0]] for _ in items], pad).to(device)
         h = response_hidden(model, b)[:, 0]                       # (B, H) at the last prompt position
-        _, head = _split_lm(model)
+        _, head = split_lm(model)
         with torch.autocast(h.device.type, enabled=False):   # the head in fp32, also under bf16 autocast
             if isinstance(head, torch.nn.Linear):
                 w = head.weight.float()
@@ -306,7 +225,7 @@ def _scoring_autocast(model, scoring_dtype: str):
 
     import torch
 
-    from .hardware import fast_bf16
+    from medrlvr.hardware import fast_bf16
 
     try:
         p = next(model.parameters())
@@ -331,7 +250,7 @@ def _row(it: _Item, samples: list[dict]) -> dict:
 
 
 def _score_generation(it: _Item, comps, mode: str, prefix: str, scheme: str) -> dict:
-    from .reward import extract_letter, score
+    from medrlvr.reward import extract_letter, score
 
     samples = []
     for c in comps:
@@ -378,7 +297,7 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
                                                  for row in main]))
         out["mean_response_tokens"] = float(np.mean([s.get("tokens", 0) for s in all_samples]))
         out["truncated"] = float(np.mean([s.get("finish_reason") == "length" for s in all_samples]))
-        from .reward import FLAGS
+        from medrlvr.reward import FLAGS
 
         fc = Counter(f for s in all_samples for f in s.get("flags", []))
         out["flag_rates"] = {f: fc.get(f, 0) / len(all_samples) for f in FLAGS}
@@ -392,10 +311,10 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
     out["above_random"] = (out["ci95"][0] > ro) if (out["ci95"][0] is not None and ro is not None) else None
     if K > 1:
         ncor = [sum(bool(s["correct"]) for s in row["samples"]) for row in main]
-        out["pass_at_k"] = {str(k): pass_at_k(ncor, K, k) for k in _ks(K)}
+        out["pass_at_k"] = {str(k): pass_at_k(ncor, K, k) for k in doubling_ks(K)}
         out["maj_at_k"] = {str(k): float(np.mean([majority_at_k([_answer(s, mode) for s in row["samples"]],
                                                                 row["gold"], k) for row in main]))
-                           for k in _ks(K)}
+                           for k in doubling_ks(K)}
     # subsets
     groups: dict[str, list[float]] = {}
     for row, sc in zip(main, scores):
@@ -442,7 +361,7 @@ def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = Fal
         for k, v in benchmarks.items():
             out[str(k)] = list(v.records if isinstance(v, MCQSet) else v)
         return out
-    from .data.commands import load_sources
+    from medrlvr.data.sources import load_sources
 
     specs = [b.strip() for b in benchmarks]
     for spec in specs:
@@ -461,7 +380,7 @@ def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = Fal
 def _make_engine(engine, model, tokenizer):
     if not isinstance(engine, str):
         return engine, getattr(engine, "name", type(engine).__name__)
-    from .rollout import make_engine
+    from medrlvr.rollout import make_engine
 
     try:
         return make_engine(engine, model, tokenizer), engine
@@ -489,7 +408,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     results), a comma-separated string of them, or a dict ``name -> MCQSet | list[MCQ]`` (then
     ``skipped_invalid``, ``name -> count``, carries what the caller's loading skipped). ``limit`` keeps the first N questions of each. ``temperature``
     defaults to 0 (greedy) for one sample and 1.0 for more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
-    original order). ``engine`` is a name in :data:`medrlvr.rollout.ENGINES` ("hf", "fast" when
+    original order). ``engine`` is a name in :data:`medrlvr.rollout.base.ENGINES` ("hf", "fast" when
     installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
     the number of resamples (0: no CI). With ``output_dir`` the run is saved and resumable (see the
     module doc); ``resume=False`` discards what the directory holds. ``scoring_dtype`` (loglik): ``"auto"``
@@ -523,14 +442,14 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     if limit is not None:
         sets = {k: v[:limit] for k, v in sets.items()}
 
-    from .prompts import render, response_prefix
+    from medrlvr.prompts import render, response_prefix
 
     cfg = {"model": model_name, "mode": mode, "template": template,
            "prefill_think": prefill_think if mode == "cot" else None, "n_samples": n_samples,
            "temperature": temperature, "max_new_tokens": max_new_tokens if mode != "loglik" else None,
            "seed": seed, "scheme": scheme if mode == "cot" else None}
     out_dir = Path(output_dir) if output_dir is not None else None
-    from .distributed import barrier, gather_objects, rank_world
+    from medrlvr.train.distributed import barrier, gather_objects, rank_world
 
     rank, world = rank_world()  # under torchrun: rank r generates batches r, r + world, ...; rank 0 writes
     if out_dir is not None:
@@ -603,7 +522,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                     else:
                         if eng is None:
                             eng, eng_name = _make_engine(engine, model, tokenizer)
-                        from .rollout import SamplingParams
+                        from medrlvr.rollout import SamplingParams
 
                         stop = ("</answer>",) if mode == "cot" else ("\n",)
                         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
@@ -657,7 +576,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
         dtype = str(p.dtype).removeprefix("torch.")
     except (StopIteration, AttributeError, TypeError):
         dtype = None
-    from . import __version__
+    from medrlvr import __version__
 
     results["_meta"] = {**cfg, "n_shuffles": n_shuffles, "limit": limit, "bootstrap": bootstrap,
                         "engine": eng_name if mode != "loglik" else None, "dtype": dtype,
@@ -753,9 +672,9 @@ def resolve_model_dir(name: str) -> str:
 def cmd_eval(a) -> int:
     import torch
 
-    from .models import load_policy
+    from medrlvr.models import load_policy
 
-    from .distributed import init_eval
+    from medrlvr.train.distributed import init_eval
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -1,6 +1,6 @@
 """Side-by-side comparison of evaluation results: the paper's Figure 3.
 
-:func:`compare` reads ``results.json`` files written by :func:`medrlvr.evaluate.evaluate` (or run
+:func:`compare` reads ``results.json`` files written by :func:`medrlvr.eval.benchmark.evaluate` (or run
 directories holding one, directly or under ``eval/``), and writes to ``out_dir``:
 
 * ``compare.md``: one row per model, one column per benchmark (accuracy % and its 95% CI),
@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import BENCHMARKS
+from medrlvr.data import BENCHMARKS
 
 GROUPS = (("id", "in-distribution"), ("ood", "out-of-distribution"), ("other", "other"))
 

@@ -40,7 +40,7 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
 decoding gives the tokens of ``generate``. With ``temperature == 0`` the returned log-probs are those
 of ``log_softmax(logits)`` (temperature 1).
 
-Post-processing (EOS / stop-string truncation, finish reason) is :func:`medrlvr.rollout.finish`, shared
+Post-processing (EOS / stop-string truncation, finish reason) is :func:`medrlvr.rollout.base.finish`, shared
 with the ``hf`` engine, so both return identical structures.
 
 Unsupported architectures (anything but ``llama`` / ``qwen2`` with a SiLU MLP and a static RoPE)
@@ -64,8 +64,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .models import unwrap_peft
-from .rollout import Completion, SamplingParams, eos_token_ids, finish, register_engine
+from medrlvr.models import unwrap_peft
+from medrlvr.rollout.base import Completion, SamplingParams, eos_token_ids, finish
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
@@ -139,13 +139,13 @@ _kernel_lock = threading.Lock()
 
 def _cpu_key() -> str:
     """The machine and its CPU flags: a library built with ``-march=native`` is only reused on the same CPU."""
-    from .hardware import cpu_flags
+    from medrlvr.hardware import cpu_flags
 
     return f"{platform.machine()}|{' '.join(sorted(cpu_flags()))}"
 
 
 def _build_kernel() -> ctypes.CDLL:
-    from .models import cache_dir
+    from medrlvr.models import cache_dir
 
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
@@ -288,7 +288,7 @@ def auto_dtype(model) -> str:
     """``"bf16"`` where bf16 is native for ``model``'s device (:func:`medrlvr.hardware.fast_bf16`: CUDA sm80+,
     AVX512-BF16/AMX CPUs, where oneDNN runs it), else ``"fp32"``: on an AVX2-only CPU
     PyTorch's emulated bf16 is far slower than fp32."""
-    from .hardware import fast_bf16
+    from medrlvr.hardware import fast_bf16
 
     return "bf16" if fast_bf16(next(model.parameters()).device) else "fp32"
 
@@ -325,7 +325,6 @@ def _inverse_cdf(pf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- engine
-@register_engine("fast")
 class FastEngine:
     """Fast batched sampling for Llama / Qwen2 policies; see the module docstring.
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .algos import entropy_from_logits_chunked, logprobs_from_logits
-from .models import unwrap_peft
+from medrlvr.algos import entropy_from_logits_chunked, logprobs_from_logits
+from medrlvr.models import unwrap_peft
 
 
 @dataclass
@@ -70,7 +70,7 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, shar
                        pad_id, share)
 
 
-def _split_lm(model):
+def split_lm(model):
     """(trunk, lm_head) of a causal LM, looking through a peft wrapper."""
     base = unwrap_peft(model)
     return base.model, base.lm_head
@@ -178,7 +178,7 @@ def _shared_prompt_hidden(trunk, batch: PackedBatch) -> torch.Tensor:
 
 
 def response_hidden(model, batch: PackedBatch) -> torch.Tensor:
-    trunk, _ = _split_lm(model)
+    trunk, _ = split_lm(model)
     if batch.share_prompt and batch.prompts is not None:
         return _shared_prompt_hidden(trunk, batch)
     out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -193,7 +193,7 @@ def response_logprobs(model, batch: PackedBatch, temperature: float = 1.0, with_
     per-token entropy when asked (else ``None``; differentiable only with ``entropy_grad``); 0 at padding.
     Only the real response positions go through the LM head (a batch's padding is often a third of its
     positions, and the head over a 49k vocabulary is the largest matmul), ``chunk`` x B of them at a time."""
-    _, head = _split_lm(model)
+    _, head = split_lm(model)
     h = response_hidden(model, batch)
     B, Tr = batch.labels.shape
     sel = batch.response_mask.bool()

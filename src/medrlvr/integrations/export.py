@@ -4,9 +4,9 @@ used where users already run verl, TRL or OpenRLHF.
 ``verl``: parquet rows ``{data_source, prompt: [{"role": "user", "content": ...}], ability: "medical_mcqa",
 reward_model: {style: "rule", ground_truth: gold}, extra_info: {id, split, index, n_options, options,
 prefill_think, meta}}`` (``options`` and ``meta`` as JSON text, so that rows with different metadata keys share
-one parquet schema); score them with ``medrlvr.reward.verl_compute_score`` (verl's ``custom_reward_function``).
+one parquet schema); score them with ``medrlvr.integrations.verl.compute_score`` (verl's ``custom_reward_function``).
 ``trl``: JSONL rows ``{prompt, gold, n_options, options, id, meta}`` for ``GRPOTrainer`` with
-``medrlvr.reward.make_trl_reward_func()`` (extra columns reach reward functions as keyword arguments).
+``medrlvr.integrations.trl.make_trl_reward_func()`` (extra columns reach reward functions as keyword arguments).
 ``openrlhf``: JSONL rows ``{input, label, id, n_options, meta}`` (``--input_key input --label_key label``).
 
 ``meta`` is the record's metadata: the columns a file's column map names with ``meta=``, MedQA's
@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .data import MCQ
-from .prompts import render, user_content
+from medrlvr.data import MCQ
+from medrlvr.integrations.verl.mapping import verl_row
+from medrlvr.prompts import render, user_content
 
 FORMATS = ("verl", "trl", "openrlhf")
 
@@ -33,18 +34,8 @@ def export(records: list[MCQ], fmt: str, out: str | Path, template: str = "r1-ze
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = []
-        for i, r in enumerate(records):
-            rows.append({
-                "data_source": data_source or r.source,
-                "prompt": [{"role": "user", "content": render(r, template, prefill_think=prefill_think)
-                            if template != "chat" else user_content(r)}],
-                "ability": "medical_mcqa",
-                "reward_model": {"style": "rule", "ground_truth": r.gold},
-                "extra_info": {"id": r.id, "split": r.split, "index": i, "n_options": r.n_options,
-                               "options": json.dumps(r.options), "prefill_think": prefill_think,
-                               "meta": json.dumps(r.meta, ensure_ascii=False, default=str)},
-            })
+        rows = [verl_row(r, render(r, template, prefill_think=prefill_think) if template != "chat" else user_content(r),
+                         i, prefill_think=prefill_think, data_source=data_source) for i, r in enumerate(records)]
         pq.write_table(pa.Table.from_pylist(rows), out)
     elif fmt in ("trl", "openrlhf"):
         with open(out, "w", encoding="utf-8") as f:

@@ -84,7 +84,7 @@ class TrainConfig:
 
     share_prompt: bool = True
     """Training forwards run each group's prompt once and its responses on the repeated KV cache
-    (:mod:`medrlvr.batching`): same log-probs and gradients, the prompt's FLOPs once per group."""
+    (:mod:`medrlvr.train.forward`): same log-probs and gradients, the prompt's FLOPs once per group."""
 
     # --- algorithm ----------------------------------------------------------------------------
     algo: str = "grpo"
@@ -154,13 +154,13 @@ class TrainConfig:
     """Write every completion of every N-th step to samples.jsonl."""
     rank: int = 0
     world_size: int = 1
-    """Set from torchrun's environment when the trainer starts (:func:`medrlvr.distributed.init`)."""
+    """Set from torchrun's environment when the trainer starts (:func:`medrlvr.train.distributed.init`)."""
     parallel: str = "ddp"
     """Data parallelism with several processes: ``ddp`` (DistributedDataParallel, replicated models) or
     ``fsdp2`` (``fully_shard``: parameters, gradients and optimizer state sharded). One process: ignored."""
     dist_timeout_s: float = 600.0
     """Process-group timeout (``init_process_group(timeout=...)``): how long a collective waits for a rank
-    that hangs without exiting. A rank that exits is handled at once by torchrun (see medrlvr.distributed)."""
+    that hangs without exiting. A rank that exits is handled at once by torchrun (see medrlvr.train.distributed)."""
     on_alert: str = "warn"
     """What a raised monitor alert (:mod:`medrlvr.monitor`) does: ``warn`` (console line + ``alerts.jsonl``)
     or ``stop`` (also checkpoint and exit with code 3, so a sweep can move on)."""
@@ -216,7 +216,7 @@ class TrainConfig:
             bad("mini_batch_size", f"{mb} does not divide the rollout batch {self.rollout_batch}")
         if mb % self.micro_batch_size and self.micro_batch_size < mb:
             bad("micro_batch_size", f"{self.micro_batch_size} does not divide the mini-batch {mb}")
-        from .reward import SCHEMES
+        from medrlvr.reward import SCHEMES
 
         if self.reward_scheme not in SCHEMES:
             bad("reward_scheme", f"{self.reward_scheme!r} is not one of {sorted(SCHEMES)}")
@@ -245,7 +245,7 @@ class TrainConfig:
             bad("reward_format_step", f"must be in [0, 1/3] (3 steps keep the band below 0), got {self.reward_format_step}")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
-        from .monitor import MonitorConfig
+        from medrlvr.monitor import MonitorConfig
 
         MonitorConfig.from_mapping(self.monitor)
         return self
@@ -462,6 +462,6 @@ def _scalar(key: str, value: str) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    from .fileio import atomic_write_text
+    from medrlvr.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), label="config")

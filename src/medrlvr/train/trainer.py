@@ -13,7 +13,7 @@ One step:
    clipped surrogate (+ clipped value loss), gradient clipping, AdamW, LR schedule.
    A step whose loss or gradients are not finite is skipped and logged, never checkpointed.
 
-Data parallelism (``torchrun``, DDP or FSDP2) is :mod:`medrlvr.distributed`: ``prompts_per_step`` is
+Data parallelism (``torchrun``, DDP or FSDP2) is :mod:`medrlvr.train.distributed`: ``prompts_per_step`` is
 the global batch, each rank samples and scores its contiguous share of it, then the update runs on
 every rank's share of each global mini-batch with all-reduced gradients; every logged number is
 global. Sampling is seeded per prompt (run seed, step, the prompt's index in the global batch), so a
@@ -35,153 +35,23 @@ import math
 import random
 import shutil
 import time
-import zlib
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from . import algos, distributed, fileio, resume as resume_mod
-from .analysis.stages import heldout_letter_metrics
-from .batching import pack, response_logprobs, response_values
-from .config import TrainConfig, save_config
-from .data import MCQ, load_any, shuffle_options
-from .hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
-from .models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
-from .prompts import render, response_prefix
-from .reward import RewardConfig, join_prefill, score
-from .rollout import SamplingParams, make_engine
-
-
-# ----------------------------------------------------------------------------------------------- data
-class PromptStream:
-    """An endless, resumable stream over the records (``rank::world_size`` of them when given; the trainer
-    reads the global stream on every rank and slices each step's batch): epoch e visits them in the order
-    of a permutation seeded by (seed, e); options are re-shuffled per epoch when asked."""
-
-    def __init__(self, records: list[MCQ], seed: int, shuffle_opts: bool, rank: int = 0, world_size: int = 1):
-        self.records = records[rank::world_size]
-        if not self.records:
-            raise ValueError(f"rank {rank} of {world_size} has no training questions")
-        self.seed, self.shuffle_opts = seed, shuffle_opts
-        self.epoch, self.pos = 0, 0
-        self._order = self._perm()
-
-    def _perm(self) -> list[int]:
-        order = list(range(len(self.records)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[MCQ]:
-        out = []
-        for _ in range(k):
-            if self.pos >= len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._perm()
-            rec = self.records[self._order[self.pos]]
-            self.pos += 1
-            out.append(shuffle_options(rec, self.seed * 7919 + self.epoch) if self.shuffle_opts else rec)
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state(self, st: dict) -> None:
-        self.epoch, self.pos = int(st["epoch"]), int(st["pos"])
-        self._order = self._perm()
-
-
-# -------------------------------------------------------------------------------------------- scoring
-@dataclass
-class Sample:
-    rec: MCQ
-    prompt: str
-    group: int
-    prompt_ids: list[int]
-    token_ids: list[int]
-    completion: str
-    response: str
-    finish_reason: str
-    reward: float
-    result: Any
-    engine_logprobs: list[float] | None = None   # per token, from the rollout engine (sampling policy)
-
-
-def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainConfig, group_offset: int = 0,
-                      reward_fn=None, group_size: int = 1) -> list[Sample]:
-    """Score ``prefix + completion`` with the configured scheme, or with ``reward_fn(response, rec)``
-    (any callable returning a :class:`~medrlvr.reward.RewardResult`) when given. ``group_size`` consecutive
-    prompts form one advantage group (``group_orders``: one prompt per option order of a question)."""
-    prefix = response_prefix(cfg.template, cfg.prefill_think)
-    rcfg = RewardConfig(no_letter_reward=cfg.reward_no_letter, echo_reward=cfg.reward_echo,
-                        format_step_reward=cfg.reward_format_step)
-    out = []
-    for gi, (rec, prompt, comps) in enumerate(zip(recs, prompts, groups)):
-        for c in comps:
-            resp = join_prefill(c.text, prefix)
-            r = (reward_fn(resp, rec) if reward_fn is not None else
-                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options, config=rcfg))
-            out.append(Sample(rec, prompt, group_offset + gi // group_size, c.prompt_ids, c.token_ids, c.text, resp,
-                              c.finish_reason, float(r.reward), r, c.logprobs))
-    return out
-
-
-_DETAIL_KEYS = ("correct", "format_ok", "samples")   # the per-question parts of evaluate_policy(details=True)
-
-
-def eval_prompt_seeds(records: list[MCQ], seed: int) -> tuple[int, ...]:
-    """One sampling seed per held-out question, from the run's seed and the question's id (not its position,
-    so a sharded evaluation and the evaluations before and after training draw each question's answers
-    from the same seed)."""
-    return tuple((zlib.crc32(str(r.id).encode()) ^ (seed * 2_654_435_761)) % 2 ** 62 for r in records)
-
-
-def sample_line(s: Sample, step: int) -> str:
-    """One ``samples.jsonl`` line (strict JSON): the sample, its reward, verdict and flags."""
-    r = s.result
-    return fileio.strict_json({"step": step, "id": s.rec.id, "group": s.group, "prompt": s.prompt,
-                               "completion": s.completion, "response": s.response, "reward": s.reward,
-                               "format_ok": r.format_ok, "pred": r.pred, "gold": s.rec.gold, "correct": r.correct,
-                               "flags": list(r.flags), "finish_reason": s.finish_reason,
-                               "n_options": s.rec.n_options, "options": s.rec.options})
-
-
-def evaluate_policy(engine, records: list[MCQ], cfg: TrainConfig, tokenizer, batch: int = 32,
-                    details: bool = False, samples: int | None = None,
-                    temperature: float | None = None) -> dict[str, float]:
-    """Held-out evaluation: greedy decoding (``eval_samples`` 1, ``eval_temperature`` 0), or ``eval_samples``
-    answers per question sampled at ``eval_temperature`` (``samples`` / ``temperature`` override the config).
-    Returns accuracy, format-valid rate, mean response length (means over every answer), ``eval_samples``
-    (answers per question), the letter figures of :func:`~medrlvr.analysis.stages.heldout_letter_metrics`
-    (for the ``heldout_*`` monitors) and, with ``details``, the per-answer ``correct`` / ``format_ok`` lists
-    and samples, question by question (``eval_samples`` consecutive entries per question)."""
-    k = cfg.eval_samples if samples is None else samples
-    temp = cfg.eval_temperature if temperature is None else temperature
-    if k < 1 or temp < 0 or (k > 1 and temp == 0):
-        raise ValueError(f"evaluation: {k} answers per question at temperature {temp}: needs k >= 1, and "
-                         "temperature > 0 when k > 1")
-    prompts = [render(r, cfg.template, tokenizer, cfg.prefill_think) for r in records]
-    groups = []
-    seeds = eval_prompt_seeds(records, cfg.seed) if temp > 0 else None
-    for s in range(0, len(prompts), batch):
-        params = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, temperature=temp,
-                                top_p=cfg.top_p if temp > 0 else 1.0, stop=tuple(cfg.stop),
-                                prompt_seeds=seeds[s:s + batch] if seeds else None)
-        groups.extend(engine.generate(prompts[s:s + batch], k, params))
-    samples_ = score_completions(records, prompts, groups, cfg)
-    n = max(1, len(samples_))
-    out = {"eval_accuracy": sum(s.result.correct for s in samples_) / n,
-           "eval_format_valid": sum(s.result.format_ok for s in samples_) / n,
-           "eval_response_chars": sum(len(s.completion) for s in samples_) / n,
-           "eval_n": len(records), "eval_samples": k, "eval_temperature": float(temp)}
-    out.update(heldout_letter_metrics((s.result.pred, s.rec.gold) for s in samples_))
-    if details:
-        out["correct"] = [float(s.result.correct) for s in samples_]
-        out["format_ok"] = [float(s.result.format_ok) for s in samples_]
-        out["samples"] = samples_
-    return out
+from medrlvr import algos, fileio
+from medrlvr.train import distributed, resume as resume_mod
+from medrlvr.train.forward import pack, response_logprobs, response_values
+from medrlvr.train.config import TrainConfig, save_config
+from medrlvr.data import load_any, shuffle_options
+from medrlvr.hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
+from medrlvr.models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
+from medrlvr.prompts import render
+from medrlvr.rollout import SamplingParams, make_engine
+from medrlvr.rundir import Sample, sample_line, write_alert
+from medrlvr.eval.heldout import DETAIL_KEYS, evaluate_policy
+from medrlvr.train.stream import PromptStream, score_completions
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -216,7 +86,7 @@ class Trainer:
         self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
         self.device = distributed.default_device()  # cuda:LOCAL_RANK where CUDA is available, else the CPU
         distributed.init(cfg, self.device)  # torchrun's process group when WORLD_SIZE > 1; sets cfg.rank / world_size
-        if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.resume)
+        if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.train.resume)
             self._changes = resume_mod.check_drift(self.out, cfg, allow_change)
             self._resume_dir = resume_mod.find_checkpoint(self.out)
         self.is_main = cfg.rank == 0
@@ -271,7 +141,7 @@ class Trainer:
                 resume_mod.record_changes(self.out, self.step, self._changes)
         self._tb = None
         self._purge_step = self.step + 1 if resume else None
-        from .monitor import Monitor, MonitorConfig, resume_monitor
+        from medrlvr.monitor import Monitor, MonitorConfig, resume_monitor
 
         mcfg = MonitorConfig.from_mapping(cfg.monitor)
         self.monitor = resume_monitor(self.out, mcfg) if resume and self.is_main else Monitor(mcfg)
@@ -319,8 +189,6 @@ class Trainer:
     def _monitor_step(self, rec: dict) -> None:
         """Feed the monitor this metrics row (as written) and the step's sample rows; print and record new
         alerts."""
-        from .monitor import write_alert
-
         samples, self._monitor_samples = self._monitor_samples, []
         for a in self.monitor.update(rec, samples):
             print(a.line(), flush=True)
@@ -460,7 +328,7 @@ class Trainer:
         each mini-batch; each micro-batch's loss is weighted by its share of the mini-batch's tokens (or
         sequences, for the ``seq-mean-*`` aggregations), so the summed gradient is that of the global
         aggregation, whatever the world size or the micro-batch size (DDP's averaging is undone by
-        :attr:`~medrlvr.distributed.Parallel.loss_scale`). Logged statistics are all-reduced sums/counts."""
+        :attr:`~medrlvr.train.distributed.Parallel.loss_scale`). Logged statistics are all-reduced sums/counts."""
         cfg = self.cfg
         N = len(samples)
         mb = cfg.mini_batch_size or N
@@ -668,7 +536,7 @@ class Trainer:
                 rec["stopped_early"] = True
             if self.step == cfg.max_steps or early:   # detailed, kept for callers (the demo reports it)
                 self.final_eval = self.evaluate(details=True)
-                rec.update({k: v for k, v in self.final_eval.items() if k not in _DETAIL_KEYS})
+                rec.update({k: v for k, v in self.final_eval.items() if k not in DETAIL_KEYS})
             self._log(rec)
             history.append(rec)
             if bar is not None:
@@ -679,7 +547,7 @@ class Trainer:
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or stop or early:
                 ckpt = self.save_checkpoint()
             if stop:  # on_alert: stop -- checkpointed above (every rank); the CLI exits with ALERT_EXIT_CODE
-                from .monitor import MonitorStop
+                from medrlvr.monitor import MonitorStop
 
                 if bar is not None:
                     bar.close()
@@ -730,7 +598,7 @@ class Trainer:
                 fileio.fault("ckpt.critic")
             torch.save(self._state(optim, rng_ranks), d / "trainer_state.pt")
             fileio.fault("ckpt.state")
-            (d / "step").write_text(str(self.step))  # last: marks the checkpoint complete (medrlvr.resume)
+            (d / "step").write_text(str(self.step))  # last: marks the checkpoint complete (medrlvr.train.resume)
 
         ckdir = self.out / "checkpoints"
         resume_mod.clean_leftovers(ckdir)
@@ -764,7 +632,7 @@ class Trainer:
         return final
 
     def _resume(self) -> None:
-        d = self._resume_dir  # the pointer's checkpoint, or the newest complete one (medrlvr.resume)
+        d = self._resume_dir  # the pointer's checkpoint, or the newest complete one (medrlvr.train.resume)
         from safetensors.torch import load_file
 
         pdir = d / "policy"

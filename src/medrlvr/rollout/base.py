@@ -5,14 +5,14 @@ prompt, ``n`` :class:`Completion` objects with token ids, text, finish reason an
 provides them) per-token log-probs under the sampling policy. Engines read the live weights of the
 policy they were built on, so there is no weight sync step on a single process.
 
-``HFEngine`` uses transformers ``generate`` and is the reference implementation. Faster engines
-register themselves in :data:`ENGINES` and must return the same structures.
+``HFEngine`` uses transformers ``generate`` and is the reference implementation; other engines
+(:mod:`medrlvr.rollout.fast`) return the same structures. The registry by name is :mod:`medrlvr.rollout`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -56,27 +56,6 @@ class Completion:
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Completion]]: ...
-
-
-ENGINES: dict[str, Callable[..., RolloutEngine]] = {}
-
-
-def register_engine(name: str):
-    def deco(cls):
-        ENGINES[name] = cls
-        return cls
-    return deco
-
-
-def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
-    if name == "fast" and name not in ENGINES:
-        try:
-            from . import fast_rollout  # noqa: F401  (registers "fast")
-        except ImportError:
-            pass
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; known: {', '.join(ENGINES)}")
-    return ENGINES[name](model, tokenizer, **kw)
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -128,7 +107,6 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-@register_engine("hf")
 class HFEngine:
     """transformers ``generate``, batched with left padding. Log-probs are not returned (the trainer
     recomputes them with a forward pass). With ``params.prompt_seeds`` each prompt's ``n`` samples are one
