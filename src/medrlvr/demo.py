@@ -27,21 +27,11 @@ import json
 import time
 from pathlib import Path
 
+from medrlvr.eval.stats import bootstrap_ci
 from medrlvr.train.config import build_config
 from medrlvr.monitor import MonitorConfig, eval_how
 from medrlvr.rundir import sample_line
 from medrlvr.train.trainer import Trainer
-
-
-def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float]:
-    import numpy as np
-
-    if not values:
-        return [float("nan"), float("nan")]
-    v = np.asarray(values, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
-    means = v[idx].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def question_ci(ev: dict, key: str = "correct") -> list[float]:
@@ -50,7 +40,8 @@ def question_ci(ev: dict, key: str = "correct") -> list[float]:
     draws of the benchmark)."""
     k = max(1, int(ev.get("eval_samples", 1)))
     c = ev[key]
-    return _bootstrap_ci([sum(c[i:i + k]) / len(c[i:i + k]) for i in range(0, len(c), k)])
+    ci = bootstrap_ci([sum(c[i:i + k]) / len(c[i:i + k]) for i in range(0, len(c), k)])
+    return [float("nan"), float("nan")] if ci[0] is None else ci
 
 
 def _results(ev: dict, f: dict, name: str, model: str, template: str) -> dict:

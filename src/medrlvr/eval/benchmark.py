@@ -36,6 +36,7 @@ Metrics are always computed from the saved lines, in the order of the question l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medrlvr.data import BENCHMARKS, MCQ, MCQSet, shuffle_options
+from medrlvr.eval.results import results_markdown, write_results
 from medrlvr.eval.stats import bootstrap_ci, doubling_ks, majority_at_k, pass_at_k, random_baseline
 from medrlvr.records import LETTERS
 
@@ -391,42 +393,101 @@ def _make_engine(engine, model, tokenizer):
         return make_engine("hf", model, tokenizer), "hf"
 
 
-def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | str, mode: str = "cot",
-             n_samples: int = 1, limit: int | None = None, output_dir: str | os.PathLike | None = None,
-             data_root: str | os.PathLike | None = None, template: str = "r1-zero", batch_size: int | None = None,
-             max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
-             n_shuffles: int = 0, engine: Any = "hf", bootstrap: int = 1000, columns: str | None = None,
-             skip_invalid: bool = False, prefill_think: bool = True, scheme: str = "paper",
-             max_batch_tokens: int | None = None, model_name: str | None = None, resume: bool = True,
-             progress: bool = True, scoring_dtype: str = "auto",
-             skipped_invalid: Mapping[str, int] | None = None) -> dict[str, Any]:
+@dataclass
+class EvalConfig:
+    """Every setting of a benchmark evaluation (:func:`evaluate`, ``medrlvr eval``), validated on creation.
+
+    What is evaluated:
+        mode: ``"cot"``, ``"direct"`` or ``"loglik"`` (see the module doc).
+        limit: keep the first N questions of each benchmark (None: all).
+        n_shuffles: K extra seeded option orders per question (accuracy stays that of the original order;
+            the orders give the permutation-consistency rate).
+        data_root, columns, skip_invalid: how named benchmarks and files are loaded
+            (:func:`medrlvr.data.load_any`; ``columns``: one column map, or one per file,
+            ``"a.csv=question=q;b.jsonl=options=choices"``; ``skip_invalid`` evaluates the valid records and
+            counts the others as ``skipped_invalid``).
+
+    How answers are drawn:
+        template, prefill_think: the prompt (``cot`` only; ``direct`` and ``loglik`` use the direct prompt).
+        n_samples: answers per question (``loglik`` is deterministic: 1).
+        temperature: None: 0 (greedy) for one sample, 1.0 for more; ``loglik``: 0.
+        max_new_tokens: None: 512 (``cot``), 5 (``direct``).
+        seed: the sampling seed (one per batch, from the seed, the benchmark and the batch's first question).
+        scheme: the reward scheme ``cot`` answers are scored with.
+
+    How it runs:
+        engine: a name in :data:`medrlvr.rollout.ENGINES` (an unknown name falls back to ``"hf"``) or an object
+            with ``generate``.
+        batch_size, max_batch_tokens: None: the mode's default (``loglik`` batches under a token budget).
+        scoring_dtype: ``loglik``: ``"auto"`` runs an fp32 model's forward under bf16 autocast where bf16 is
+            native (:func:`medrlvr.hardware.fast_bf16`; the letter log-softmax stays fp32), ``"fp32"`` opts out,
+            ``"bf16"`` forces it.
+        progress: a progress bar on stderr.
+
+    Results:
+        output_dir: save and resume there (see the module doc); resume: False discards what it holds.
+        bootstrap: resamples of the 95% interval (0: none).
+        model_name: the model's name in the results (default: the model's ``name_or_path``).
+    """
+
+    mode: str = "cot"
+    limit: int | None = None
+    n_shuffles: int = 0
+    data_root: str | os.PathLike | None = None
+    columns: str | None = None
+    skip_invalid: bool = False
+    template: str = "r1-zero"
+    prefill_think: bool = True
+    n_samples: int = 1
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    seed: int = 0
+    scheme: str = "paper"
+    engine: Any = "hf"
+    batch_size: int | None = None
+    max_batch_tokens: int | None = None
+    scoring_dtype: str = "auto"
+    progress: bool = True
+    output_dir: str | os.PathLike | None = None
+    resume: bool = True
+    bootstrap: int = 1000
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.scoring_dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"scoring_dtype must be auto, bf16 or fp32, got {self.scoring_dtype!r}")
+        if self.n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
+        if self.mode == "loglik" and self.n_samples != 1:
+            raise ValueError("loglik mode is deterministic: n_samples must be 1")
+        if self.n_shuffles < 0:
+            raise ValueError(f"n_shuffles must be >= 0, got {self.n_shuffles}")
+
+
+def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | str,
+             config: EvalConfig | None = None, *, skipped_invalid: Mapping[str, int] | None = None,
+             **settings: Any) -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmarks`` and return ``{bench: metrics, ..., "_meta": {...}}``.
 
-    ``benchmarks``: names / file paths (loaded with :func:`medrlvr.data.load_any` and ``columns``: one map,
-    or one per file, ``"a.csv=question=q;b.jsonl=options=choices"``; ``skip_invalid`` evaluates the valid
-    records, reports the others on stderr and counts them as ``skipped_invalid`` in the benchmark's
-    results), a comma-separated string of them, or a dict ``name -> MCQSet | list[MCQ]`` (then
-    ``skipped_invalid``, ``name -> count``, carries what the caller's loading skipped). ``limit`` keeps the first N questions of each. ``temperature``
-    defaults to 0 (greedy) for one sample and 1.0 for more. ``n_shuffles`` adds K seeded option orders of every question (accuracy stays that of the
-    original order). ``engine`` is a name in :data:`medrlvr.rollout.base.ENGINES` ("hf", "fast" when
-    installed; an unknown name falls back to "hf") or an object with ``generate``. ``bootstrap`` is
-    the number of resamples (0: no CI). With ``output_dir`` the run is saved and resumable (see the
-    module doc); ``resume=False`` discards what the directory holds. ``scoring_dtype`` (loglik): ``"auto"``
-    runs the forward of an fp32 model under bf16 autocast where bf16 is native
-    (:func:`medrlvr.hardware.fast_bf16`; the letter log-softmax stays fp32), ``"fp32"`` opts out, ``"bf16"``
-    forces it; ``direct``/``cot`` generate with ``engine`` (the fast engine is already bf16 where native).
-    The agreement of the two is measured by ``bench/eval_throughput.py --agreement``.
+    ``benchmarks``: names / file paths (loaded with ``config.columns``), a comma-separated string of them, or a
+    dict ``name -> MCQSet | list[MCQ]`` (then ``skipped_invalid``, ``name -> count``, carries what the caller's
+    loading skipped). ``config`` holds the settings (:class:`EvalConfig`); keyword ``settings`` override its
+    fields (``evaluate(model, tok, "medqa", mode="loglik", limit=100)``), and an unknown one is a ``TypeError``.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if scoring_dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"scoring_dtype must be auto, bf16 or fp32, got {scoring_dtype!r}")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if mode == "loglik" and n_samples != 1:
-        raise ValueError("loglik mode is deterministic: n_samples must be 1")
-    if n_shuffles < 0:
-        raise ValueError(f"n_shuffles must be >= 0, got {n_shuffles}")
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"evaluate: unknown setting(s) {', '.join(unknown)}; the EvalConfig fields are "
+                        f"{', '.join(sorted(known))}")
+    c = dataclasses.replace(config, **settings) if config is not None else EvalConfig(**settings)
+    mode, n_samples, limit, output_dir, data_root = c.mode, c.n_samples, c.limit, c.output_dir, c.data_root
+    template, batch_size, max_new_tokens, temperature, seed = (c.template, c.batch_size, c.max_new_tokens,
+                                                                c.temperature, c.seed)
+    n_shuffles, engine, bootstrap, columns, skip_invalid = c.n_shuffles, c.engine, c.bootstrap, c.columns, c.skip_invalid
+    prefill_think, scheme, max_batch_tokens, model_name = c.prefill_think, c.scheme, c.max_batch_tokens, c.model_name
+    resume, progress, scoring_dtype = c.resume, c.progress, c.scoring_dtype
     if temperature is None:
         temperature = 0.0 if n_samples == 1 else 1.0
     if mode == "loglik":
@@ -591,75 +652,6 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
 
 
 # ------------------------------------------------------------------------------------------ output
-def _fmt(x: float | None, pct: bool = True) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:.1f}" if pct else f"{x:.3g}"
-
-
-def _fmt_ci(acc, ci) -> str:
-    if acc is None:
-        return "-"
-    if not ci or ci[0] is None:
-        return _fmt(acc)
-    return f"{_fmt(acc)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def results_markdown(results: Mapping[str, Any]) -> str:
-    """A Markdown report of :func:`evaluate`'s results (accuracies in %)."""
-    meta = results.get("_meta", {})
-    benches = [k for k in results if not k.startswith("_")]
-    lines = [f"# Evaluation: {meta.get('model', '?')} ({meta.get('mode', '?')})", ""]
-    settings = ", ".join(f"{k}={meta[k]}" for k in ("mode", "template", "n_samples", "temperature", "max_new_tokens",
-                                                    "n_shuffles", "seed", "limit", "dtype") if meta.get(k) is not None)
-    lines += [f"Settings: {settings}. Accuracy in %, 95% percentile bootstrap CI over questions "
-              f"({meta.get('bootstrap', '?')} resamples).", ""]
-    head = ["benchmark", "dist", "n", "accuracy [95% CI]", "random [95% CI]", "answered", "format valid"]
-    extra_k = any("pass_at_k" in results[b] for b in benches)
-    cons = any("consistency" in results[b] for b in benches)
-    if extra_k:
-        head += ["pass@K", "maj@K"]
-    if cons:
-        head += ["consistency"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b in benches:
-        r = results[b]
-        rb = r.get("random_baseline", {})
-        row = [b, r.get("distribution") or "-", str(r["n"]), _fmt_ci(r["accuracy"], r["ci95"]),
-               _fmt_ci(rb.get("accuracy"), rb.get("ci95")), _fmt(r.get("answer_rate")), _fmt(r.get("format_valid"))]
-        if extra_k:
-            pk, mk = r.get("pass_at_k", {}), r.get("maj_at_k", {})
-            K = str(r.get("n_samples"))
-            row += [_fmt(pk.get(K)) + (f" (K={K})" if pk else ""), _fmt(mk.get(K))]
-        if cons:
-            c = r.get("consistency")
-            row += [_fmt_ci(c["rate"], c["ci95"]) if c else "-"]
-        lines.append("| " + " | ".join(row) + " |")
-    for b in benches:
-        r = results[b]
-        if "subsets" in r:
-            lines += ["", f"## {b}: subsets", "", "| subset | n | accuracy [95% CI] |", "|---|---|---|"]
-            lines += [f"| {k} | {v['n']} | {_fmt_ci(v['accuracy'], v['ci95'])} |" for k, v in r["subsets"].items()]
-    lines += ["", "## Predicted vs gold letters (position bias)", "", "| benchmark | letter | predicted | gold |",
-              "|---|---|---|---|"]
-    for b in benches:
-        d = results[b].get("letter_distribution", {})
-        for L in list(d.get("gold", {})) + (["none"] if "none" in d.get("pred", {}) else []):
-            lines.append(f"| {b} | {L} | {d['pred'].get(L, 0)} | {d['gold'].get(L, '-')} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(results: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    j, m = out / "results.json", out / "results.md"
-    for path, text in ((j, json.dumps(results, indent=2, ensure_ascii=False) + "\n"), (m, results_markdown(results))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    return j, m
-
-
 # ------------------------------------------------------------------------------------------ CLI
 def resolve_model_dir(name: str) -> str:
     """A run directory (RL or SFT) stands for its ``final/`` model."""
