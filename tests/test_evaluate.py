@@ -59,6 +59,25 @@ def _letter_of(opts, text):
     return next(k for k, v in opts.items() if v == text)
 
 
+def test_cot_scores_completions_as_the_trainer_does(tiny):
+    """A completion that re-opens <think> after the pre-filled one (the step-by-step exploit) is scored by
+    ``medrlvr eval`` exactly as the trainer's held-out pass scores it (join_prefill, then the scheme)."""
+    from medrlvr.reward import join_prefill, score
+
+    model, tok = tiny
+    recs = _recs(4)
+    reopened = (" Step 1: the drug that blocks COX irreversibly is aspirin. <think>Aspirin acetylates COX-1.</think>"
+                "<answer>{}</answer>")
+    eng = FakeEngine(lambda i, opts, j: reopened.format(recs[i].gold))
+    res = evaluate(model, tok, {"s": recs}, mode="cot", engine=eng, bootstrap=0, progress=False)
+    want = [score(join_prefill(reopened.format(r.gold), "<think>"), r.gold, r.n_options, options=r.options)
+            for r in recs]
+    assert all(w.format_ok and "reasoning_before_think" in w.flags for w in want)
+    naive = score("<think>" + reopened.format(recs[0].gold), recs[0].gold, recs[0].n_options, options=recs[0].options)
+    assert not naive.format_ok   # plain concatenation would read two think blocks: a bad format
+    assert res["s"]["accuracy"] == 1.0 and res["s"]["format_valid"] == 1.0
+
+
 # ------------------------------------------------------------------------------------------ statistics
 def test_bootstrap_ci_matches_numpy_reference():
     x = np.random.default_rng(5).random(57) > 0.4

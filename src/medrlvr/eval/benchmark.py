@@ -252,12 +252,13 @@ def _row(it: _Item, samples: list[dict]) -> dict:
 
 
 def _score_generation(it: _Item, comps, mode: str, prefix: str, scheme: str) -> dict:
-    from medrlvr.reward import extract_letter, score
+    from medrlvr.reward import extract_letter, join_prefill, score
 
     samples = []
     for c in comps:
-        if mode == "cot":
-            r = score(prefix + c.text, it.rec.gold, it.rec.n_options, scheme=scheme, options=it.rec.options)
+        if mode == "cot":   # the response as the trainer scores it (join_prefill: a re-opened <think> counts)
+            r = score(join_prefill(c.text, prefix), it.rec.gold, it.rec.n_options, scheme=scheme,
+                      options=it.rec.options)
             pred, fmt, correct, flags = r.pred, r.format_ok, r.correct, list(r.flags)
         else:
             # the answer is the first non-empty line (engines cut at the "\n" stop; a fake one may not)
