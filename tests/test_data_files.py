@@ -1,4 +1,4 @@
-"""The data layer on real-world file layouts (issue 15): every case either loads right or fails loudly, with
+"""The data layer on real-world file layouts: every case either loads right or fails loudly, with
 one line naming the file, the line and the field. Each test writes its own small files."""
 
 import json

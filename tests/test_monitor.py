@@ -85,12 +85,12 @@ def _before_think(step):
                     GOLDS[(g + j) % 4]) for g in range(4) for j in range(8)]
 
 
-def _letterless(step):  # well-formed, but the answer names no option letter (a demo run of issue 13)
+def _letterless(step):  # well-formed, but the answer names no option letter (seen in demo runs)
     return [_sample(step, g, j, f"<think>{THINKS[j % 3]}</think><answer> yes </answer>", None)
             for g in range(4) for j in range(8)]
 
 
-def _empty(step):  # every tag, nothing inside: the shaped scheme's partial credit (a run of issue 13)
+def _empty(step):  # every tag, nothing inside: the shaped scheme's partial credit (seen in a demo run)
     return [_sample(step, g, j, "<think> </think><answer> </answer>", None) for g in range(4) for j in range(8)]
 
 
@@ -161,7 +161,7 @@ def _heldout(top_share: float, gold_share: float = 0.2, answered: int = 32, top:
 
 def test_heldout_letter_collapse_while_training_letters_mix():
     """Greedy held-out answers on one letter while the temperature-1 training samples still mix letters
-    (issue 13's demo runs): only ``heldout_position`` fires, at the first evaluation past the share."""
+    (as in demo runs): only ``heldout_position`` fires, at the first evaluation past the share."""
     metrics, samples = _run()
     metrics[3].update(_heldout(0.44))        # C in 44%: at most half, no alert
     metrics[6].update(_heldout(0.84, top="D"))
@@ -191,8 +191,8 @@ def test_heldout_letter_collapse_while_training_letters_mix():
 
 
 def test_heldout_letterless_answers():
-    """Well-formed greedy held-out answers that name no letter (format-valid 1.000, no letter in 32 of 32: a demo
-    run of issue 13) raise ``heldout_letterless`` at that evaluation; a model that has not learned the format
+    """Well-formed greedy held-out answers that name no letter (format-valid 1.000, no letter in 32 of 32: a
+    demo run) raise ``heldout_letterless`` at that evaluation; a model that has not learned the format
     yet, or whose well-formed answers mostly name a letter, does not."""
     metrics, samples = _run()
     metrics[3].update(eval_format_valid=0.5, eval_answered=0.4)     # 80% of the well-formed name a letter
@@ -408,7 +408,7 @@ def test_report_panel_in_headless_chromium(tmp_path):
 
 
 def test_format_not_learned_after_the_grace_steps():
-    """No well-formed sample by step 8 (two fp32 demo runs of issue 13): alert since step 8, raised at 10; a slow
+    """No well-formed sample by step 8 (as two fp32 demo runs did): alert since step 8, raised at 10; a slow
     learner that passes the threshold at step 9 raises nothing; the first steps never count."""
     def run(fvs):
         return [{"step": i + 1, "format_valid": f, "reward_mean": -0.9} for i, f in enumerate(fvs)], []

@@ -1,4 +1,4 @@
-"""Reliability of a training run (issue 14): crash-safe checkpoints and logs, resume that finds a complete
+"""Reliability of a training run: crash-safe checkpoints and logs, resume that finds a complete
 checkpoint and refuses config drift, finite weights, strict JSON, and one-line errors (exit 2) for bad input.
 
 Crashes are simulated in-process at the named fault points of :mod:`medrlvr.fileio` (a hook raising

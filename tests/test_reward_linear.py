@@ -1,4 +1,4 @@
-"""Reward parsing in linear time (issue 14, item 1).
+"""Reward parsing in linear time.
 
 Adversarial texts of 256k characters (whitespace, newline and tab runs after cue words, repeated cues,
 letter and tag soup, unclosed tags) are scored under every scheme and the *result* is checked. Before the

@@ -121,7 +121,7 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
                 if sampled else before)
     print(f"[demo] before: accuracy {before['eval_accuracy']:.3f}, format-valid {before['eval_format_valid']:.3f}")
     # step 0 in metrics.jsonl, so the report's accuracy curve starts from the untrained model
-    trainer._log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
+    trainer.log({"step": 0} | {k: before[k] for k in ("eval_accuracy", "eval_format_valid", "eval_response_chars",
                                                         "eval_n", "eval_samples", "eval_temperature")})
     history = timed("train_s", trainer.train)   # with the trainer's own evaluation at its last step
     after = trainer.final_eval                 # the trainer's own evaluation at its last step (no second pass)

@@ -2,10 +2,10 @@
 
 bf16 is a large win only where the hardware has native bf16 arithmetic: CUDA GPUs of compute capability
 8.0+ and x86 CPUs with AVX512-BF16 or AMX-BF16. Elsewhere PyTorch emulates it, and on a CPU without
-those instructions (e.g. an AVX2-only EPYC) bf16 linear layers were measured at 0.13-0.45x the speed of
-fp32 at SmolLM2 shapes (``python bench/bf16_vs_fp32.py``: 4x slower on average). Every "auto" dtype choice
-in medrlvr (training autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` /
-``=0`` overrides the detection.
+those instructions bf16 linear layers run several times slower than fp32 (``python bench/bf16_vs_fp32.py``
+measures it; evidence: docs/notes/bf16-and-hardware.md). Every "auto" dtype choice in medrlvr (training
+autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` / ``=0`` overrides the
+detection.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, for every figure a benchmark prints (the CPUs this project runs on change)."""
+    """The CPU's model name, for every figure a benchmark prints (a figure means little without its CPU)."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
@@ -72,8 +72,7 @@ def describe() -> str:
 def adamw_kwargs(params) -> dict:
     """``{"fused": True}`` where torch's fused AdamW can update ``params`` (all plain float tensors on one CPU or
     CUDA device; not FSDP2's DTensor shards), else ``{}`` (torch's default implementation). Same update rule;
-    one pass over each parameter instead of about ten: on a 2-core AMD EPYC (Zen 4) one AdamW step over
-    SmolLM2-135M's 135M fp32 parameters took 68-71 ms fused against 228-248 ms by default."""
+    one pass over each parameter instead of about ten (evidence: docs/notes/bf16-and-hardware.md)."""
     params = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     if not params:
         return {}
@@ -91,11 +90,9 @@ TRAIN_ATTN_CHOICES = ("eager", "sdpa")
 def train_attn_implementation(device: str | torch.device = "cpu") -> str | None:
     """The Hugging Face attention implementation for the *training* forwards (the rollout engines have their own):
     ``eager`` on the CPU, ``None`` (keep the model's own, SDPA or flash) elsewhere; ``MEDRLVR_TRAIN_ATTN=eager|sdpa``
-    overrides. On the CPU, torch's SDPA kernel is slow at RL's shapes, a few hundred queries per row against a
-    few hundred keys with a padding mask: its backward took 8.6 ms per call there (torch.profiler, ~22 GFLOP/s),
-    while eager's two matmuls and a softmax run at the GEMM rate. ``bench/step_vs_trl.py`` shapes (2 groups x 4
-    rows, 190-token prompts, 128-token responses), one update alternated in one process on a 2-core AMD EPYC
-    (Zen 4): eager / SDPA 0.89 (bf16 autocast), 0.95 (fp32), 0.99 at 512-token responses."""
+    overrides. On the CPU, torch's SDPA kernel is slow at RL's shapes (a few hundred queries per row against a
+    few hundred keys with a padding mask: its backward runs far below the GEMM rate), while eager's two matmuls
+    and a softmax run at the GEMM rate; evidence: docs/notes/bf16-and-hardware.md."""
     env = os.environ.get("MEDRLVR_TRAIN_ATTN", "").strip().lower()
     if env:
         if env not in TRAIN_ATTN_CHOICES:

@@ -39,22 +39,21 @@ Monitors (thresholds: :class:`MonitorConfig`):
     ``heldout_top_share`` of the answers that name a letter (at least ``position_min_answered`` of them)
     while it is the gold letter of at most
     ``position_gold_share_max`` of them. Training samples are drawn at temperature 1 and can still mix
-    letters when greedy decoding already picks one position for most questions (issue 13's demo runs:
-    30-63% for the top letter in training, 81-100% held out), so ``position_hack`` alone misses it.
+    letters when greedy decoding already picks one position for most questions, so ``position_hack`` alone
+    misses it.
 ``letterless_answers``
     at least ``letterless_rate`` (0.75) of a step's samples are well-formed but name no option letter
-    (``<answer> yes </answer>``): the format is learned, the task is not (a demo run of issue 13 ended with
-    format-valid 1.000 and no letter in any of 32 held-out answers, with no other alert).
+    (``<answer> yes </answer>``): the format is learned, the task is not; a run can end so with no other
+    alert.
 ``format_not_learned``
     from step ``format_grace_steps`` (8) on, fewer than ``format_min`` (10%) of a step's samples are
-    well-formed: the format (the paper's first stage) has not been learned. Two fp32 demo runs of issue 13
-    (seed 0, two tables) had no well-formed sample in 12 steps (`<think>...</think>` and then nothing:
-    -0.9 a sample), with no other alert.
+    well-formed: the format (the paper's first stage) has not been learned, e.g. every sample writes
+    ``<think>...</think>`` and then nothing (partial tag credit under ``shaped``), which no other monitor sees.
 ``empty_answers``
     at least ``empty_answer_rate`` (0.5) of a step's samples close an ``<answer>`` block with nothing in
     it (``<think> </think><answer> </answer>``): the ``shaped`` scheme credits each tag reached, so empty
-    tags earn its best bad-format score with no content at all (a run of issue 13 with a prompt variant
-    settled there, at -0.7 a sample, from step 10: format-valid 0.000 after 12 steps, with no other alert).
+    tags earn its best bad-format score (-1 + 3 x ``reward_format_step``) with no content at all, which no other
+    monitor sees.
 ``heldout_letterless``
     at a step with a held-out evaluation: at least ``heldout_min_format_valid`` of the answers are well-formed,
     but fewer than ``heldout_answered_min`` of the well-formed ones name a letter
@@ -67,8 +66,8 @@ raised when it has been past for ``k`` consecutive measured steps (``k_eval`` fo
 extend nor break its run. One alert per monitor per run; ``active`` says whether it was still past
 its threshold at the last measured step.
 
-Simplifications: thresholds are absolute and were set from this project's CPU demo runs
-(SmolLM2-135M, GRPO, 8 samples per prompt); a larger model or other sampling settings may need
+Simplifications: thresholds are absolute, set for SmolLM2-135M with GRPO and 8 samples per prompt (the
+``cpu-demo`` preset; evidence: docs/notes/monitor-thresholds.md); a larger model or other sampling settings may need
 others: set them in the training config's ``monitor:`` section (``monitor.entropy_min=0.05`` on the command
 line), which the run's ``config.yaml`` keeps for ``medrlvr monitor`` and the report. Per-step rates come from
 at most ``rollout_batch`` samples.
@@ -169,7 +168,7 @@ class MonitorConfig:
         baseline_steps: steps averaged for the start-of-run baselines (length, training accuracy)
             and for the recent training accuracy (default 3).
         entropy_min: ``entropy_collapse`` when the mean token entropy is below this, nats per
-            token (default 0.1; the demo's echo collapse sat at ~0.05, healthy runs above 0.3).
+            token (default 0.1: a template-echo collapse sits at ~0.05, healthy runs above 0.3).
         zero_var_max: ``no_learning_signal`` when at least this fraction of groups has
             zero reward variance (default 0.9).
         length_min_frac: ``length_collapse`` when the mean response length is below this
@@ -192,26 +191,21 @@ class MonitorConfig:
         gap_min_format_valid: steps with a lower format-valid rate do not count for the training
             accuracy (too few well-formed answers to measure it; default 0.25).
         heldout_top_share: ``heldout_position`` when one letter has more than this share of the
-            held-out answers naming a letter (default 0.5, the demo's criterion in issue 13); it uses
+            held-out answers naming a letter (default 0.5, the ``cpu-demo`` acceptance criterion); it uses
             ``position_gold_share_max`` and ``position_min_answered`` as ``position_hack`` does.
         letterless_rate: ``letterless_answers`` when at least this share of a step's samples are
-            well-formed answers naming no option letter (default 0.75). Learning the format before the
-            letters is a normal phase: in the six demo runs of issue 13 measured with the fused engine, the
-            runs that went on to name letters peaked at 0.5-0.81 for one to five steps, the two that ended
-            letterless stayed at 0.72-0.94 from step 4-6 on; 0.5 alerted on two runs that recovered.
+            well-formed answers naming no option letter (default 0.75: learning the format before the letters
+            is a normal phase that can pass 0.5 for a few steps; evidence: docs/notes/monitor-thresholds.md).
         heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
             answers name a letter (default 0.5) ...
         heldout_min_format_valid: ... with at least this share of the held-out answers well-formed (default
             0.25; fewer are too few to measure the share naming a letter).
         empty_answer_rate: ``empty_answers`` when at least this share of a step's samples have an
-            ``<answer>`` block with no word in it (default 0.5; the run of issue 13 that settled there had
-            0.66-0.88 at steps 10-12; the 37 earlier CPU demo runs of issue 13 kept under runs/ at most
-            0.31 at any step).
+            ``<answer>`` block with no word in it (default 0.5: a run stuck on empty tags sits above it,
+            healthy demo runs stay well below; evidence: docs/notes/monitor-thresholds.md).
         format_min, format_grace_steps: ``format_not_learned`` when fewer than ``format_min`` (0.1) of a
-            step's samples are well-formed at step ``format_grace_steps`` (8) or later. Replayed over the 40
-            complete CPU demo runs of issue 13 kept under runs/: 34 passed 0.1 by step 7 (no alert); three
-            passed it at step 10-12 and ended at 0.16-0.62 (two raise the alert, no longer active at the end);
-            three never passed 0.03 in 12 steps (alert since step 8, active at the end).
+            step's samples are well-formed at step ``format_grace_steps`` (8) or later (most demo runs pass 0.1
+            by step 7; evidence: docs/notes/monitor-thresholds.md).
     """
 
     k: int = 3

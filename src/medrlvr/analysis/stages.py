@@ -36,10 +36,11 @@ without spaces has a sensible length).
    the re-opened form as a format failure (two ``<think>`` tags), unlike the paper's lenient
    check; a re-opened tag with no real preamble ("<think>Okay.<think>...") is rule 1.
 
-2b. ``template_echo`` -- not one of the paper's stages (seen in this project's demo runs): a valid
-   structure whose think or answer block is the prompt's placeholder text or a near copy of a
-   fixed part of the prompt (``<think> reasoning process here </think> <answer> answer here
-   </answer>``). *Rule:* the ``template_echo`` flag of :mod:`medrlvr.reward` is raised.
+2b. ``template_echo`` -- not one of the paper's stages (a failure of small models; evidence:
+   docs/notes/reward-scoring.md): a valid structure whose think or answer block is the prompt's
+   placeholder text or a near copy of a fixed part of the prompt (``<think> reasoning process here
+   </think> <answer> answer here </answer>``). *Rule:* the ``template_echo`` flag of
+   :mod:`medrlvr.reward` is raised.
 
 3. ``other`` -- none of the paper's stages: a valid structure whose content is not reasoning in
    the think block.  *Rule:* the answer block has more than ``other_answer_min_words`` [40]

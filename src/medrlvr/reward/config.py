@@ -121,6 +121,6 @@ class RewardConfig:
 
 SHAPED_NO_LETTER = -0.1
 """``shaped``: a well-formed response whose answer holds no option letter (e.g. the template's own
-``<answer> answer here </answer>``, which SmolLM2 learned to copy in a demo run while such an answer scored
-0 like a wrong letter, as under the paper's reward). Between the invalid band (<= -0.25) and a wrong
-letter (0)."""
+``<answer> answer here </answer>``). Between the invalid band (<= -0.25) and a wrong letter (0): a letterless
+answer, a template copy included, scores below a wrong letter, not equal to it as under the paper's reward
+(evidence: docs/notes/reward-scoring.md)."""

@@ -12,8 +12,8 @@ from medrlvr.reward.letters import mentioned_letters, norm_text, normalize_optio
 from medrlvr.reward.parse import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Parsed
 
 def _non_space_len(s: str) -> int:
-    # str.split() splits on exactly the characters str.isspace() accepts; C speed (a per-character
-    # generator was two thirds of the scoring time of a 4 KB completion)
+    # str.split() splits on exactly the characters str.isspace() accepts; C speed, on the scoring's hot path
+    # (evidence: docs/notes/reward-scoring.md)
     return len("".join(s.split()))
 
 

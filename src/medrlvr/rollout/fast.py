@@ -11,13 +11,11 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
 * each decode step's attention, per layer, is ONE call of a fused C++ kernel (``csrc/decode_attention.cpp``,
   built on first use with ``g++ -O3 -march=native``, any x86 or Arm CPU; see :func:`decode_kernel`) instead of
   ~25 small PyTorch ops: RoPE, the cache writes, both cache parts, the softmax, all in float32 math over
-  bf16 or float32 storage. On by default for bf16, opt-in for fp32 (``attn_kernel=True``); measured side by
-  side (``bench/rollout_throughput.py --kernel-ab``) on a 2-core AMD EPYC (Zen 4, AVX512-BF16): 1.41x the
-  rollout speed of the PyTorch path (median of 4 pairs, 8 x 4 x 128 tokens, bf16; with the fused residual
-  add + RMSNorm and SiLU product below, also in ``csrc/decode_attention.cpp``). Without a compiler,
-  with ``MEDRLVR_FAST_KERNELS=0`` or a head dim that is not a multiple of 16, the PyTorch path runs.
-  (Earlier whole-layer AVX512-BF16 kernels, removed in issue 16, were 0.74x the PyTorch path on a Xeon:
-  their matrix products lost to oneDNN's. The linear layers stay with oneDNN here.)
+  bf16 or float32 storage; the same file fuses the residual add + RMSNorm and the SiLU-gated product. On by
+  default for bf16, opt-in for fp32 (``attn_kernel=True``). Without a compiler, with
+  ``MEDRLVR_FAST_KERNELS=0`` or a head dim that is not a multiple of 16, the PyTorch path runs. The linear
+  layers stay with oneDNN. ``bench/rollout_throughput.py --kernel-ab`` times the kernel against the PyTorch
+  path side by side (evidence: docs/notes/fast-engine.md).
 * the prompts admitted together are prefilled in ONE packed forward (their tokens stacked as rows, so
   the linear layers see them all at once; attention stays within each prompt), and each prompt's
   key/value cache is shared by the ``n`` samples of its group:
@@ -331,9 +329,9 @@ class FastEngine:
     ``dtype``: ``"auto"`` (default: ``bf16`` where it is native, else ``fp32``; see :func:`auto_dtype`),
     ``"bf16"`` or ``"fp32"`` (PyTorch ops, the arithmetic of transformers: greedy decoding gives the tokens
     of ``generate``). ``batch_size``: most
-    rows decoded together; the ``n`` samples of a prompt share one slot of ``n`` rows. ``prepack``: pre-pack the weights for oneDNN once per call
-    (``None`` = on CPU when oneDNN is available: 1.3x the fp32 decode speed measured on an AVX2 CPU, and
-    greedy tokens still equal ``generate``'s, 20 of 20 SmolLM2 prompts in ``bench/rollout_throughput.py``).
+    rows decoded together; the ``n`` samples of a prompt share one slot of ``n`` rows. ``prepack``: pre-pack the
+    weights for oneDNN once per call (``None`` = on CPU when oneDNN is available: faster fp32 decoding, greedy
+    tokens still equal to ``generate``'s; evidence: docs/notes/fast-engine.md).
     ``num_threads``: torch threads while generating; ``None`` = choose between torch's thread count and 1 by
     measured speed (restored after the call). ``attn_kernel``: the fused decode-attention kernel (``None`` =
     for bf16; fp32 keeps transformers' arithmetic unless ``True``); :attr:`kernel_note` says why it is not

@@ -32,7 +32,7 @@ class TrainConfig:
     autocast_bf16: bool | str = False
     """Run training forward/backward under CPU/CUDA bf16 autocast: ``true``, ``false`` or ``auto`` (on only
     where bf16 is native, :func:`medrlvr.hardware.fast_bf16`: CUDA sm80+, AVX512-BF16/AMX CPUs; on an
-    AVX2-only CPU bf16 matmuls are many times slower than fp32)."""
+    AVX2-only CPU bf16 matmuls are many times slower than fp32; evidence: docs/notes/bf16-and-hardware.md)."""
     lora: bool = False
     """Train a LoRA adapter (peft) instead of all weights; the reference is the adapter disabled."""
     lora_r: int = 16
@@ -132,7 +132,7 @@ class TrainConfig:
     option letter, for ``stop_patience`` steps in a row (0 = off; the metrics row of that step has
     ``stopped_early``; it is then evaluated, checkpointed and saved like the last step). For a model without the
     domain's knowledge the reward teaches the format and the letters and nothing after that: further steps
-    only drift its letter preference (the ``cpu-demo`` preset's comments give the measured runs)."""
+    only drift its letter preference (evidence: docs/notes/cpu-demo-preset.md)."""
     stop_patience: int = 3
     """Consecutive steps at ``stop_answered`` before stopping."""
     eval_every: int = 0

@@ -350,7 +350,7 @@ def wrap(cfg, policy: nn.Module, critic: nn.Module | None, ref: nn.Module | None
     parameters, gradients and AdamW state are sharded. Its gradient reduction is set to sum-only with
     divide factor 1 (``set_gradient_divide_factor(1.0)``, ``set_force_sum_reduction_for_comms(True)``):
     the trainer's loss weights already make the sum the global mean, and AVG reduce-scatter on gloo
-    has silently summed instead of averaging (pytorch issue 162338)."""
+    has silently summed instead of averaging (https://github.com/pytorch/pytorch/issues/162338)."""
     modules = TrainModules(policy, critic, ref)
     world = cfg.world_size
     if world == 1 or not is_active():

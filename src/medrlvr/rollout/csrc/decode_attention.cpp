@@ -1,4 +1,4 @@
-// medrlvr fast engine: one decode step of attention for one layer, fused (issue 16); and the decode step's
+// medrlvr fast engine: one decode step of attention for one layer, fused; and the decode step's
 // element-wise glue (residual add + RMSNorm, SiLU-gated product), one call each instead of ~8 ops.
 //
 // Replaces ~25 small PyTorch ops per layer and step (RoPE, two cache writes, four batched products over
@@ -18,7 +18,7 @@
 //                                 (this step's key and value are written here, at t[r])
 //   out  (B, H hd)                attention output, heads in the order of the q projection
 //
-// Built by medrlvr.fast_rollout with: g++ -O3 -march=native -fopenmp -shared -fPIC -std=c++17.
+// Built by medrlvr.rollout.fast with: g++ -O3 -march=native -fopenmp -shared -fPIC -std=c++17.
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
