@@ -1,15 +1,16 @@
-"""bench/demo_robustness.py and bench/heldout_tail.py plumbing on the tiny model (the real runs take minutes each:
-README, the demo section). One demo run of one step in a subprocess, its tail drawn, the table read back."""
+"""experiments/demo_robustness.py and experiments/heldout_tail.py plumbing on the tiny model (the real runs take
+minutes each: README, the demo section). One demo run of one step in a subprocess, its tail drawn, the table read
+back."""
 
 import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -238,7 +238,7 @@ def test_eval_and_show_skip_invalid_report_like_validate(tmp_path, capsys):
     assert main(["data", "show", str(p), "--skip-invalid", "--n", "5"]) == 0
     out, err = _err_lines(capsys)
     assert sum(x.startswith("=====") for x in out) == 2 and invalid[0] in err
-    assert f"mixed:test: 2 valid, 1 invalid (skipped), 1 with warnings" in err
+    assert "mixed:test: 2 valid, 1 invalid (skipped), 1 with warnings" in err
     assert main(["data", "show", str(p)]) == 2
     assert _err_lines(capsys)[1] == [f"medrlvr: error: {p}:2: field 'gold': gold letter 'Q' is not among the option "
                                      "letters AB"]

@@ -14,7 +14,8 @@ import torch
 
 from medrlvr.algos import unbiased_pass_at_k
 from medrlvr.data import load_benchmark, make_mcq, shuffle_options
-from medrlvr.eval.benchmark import encode, evaluate, results_markdown
+from medrlvr.eval.benchmark import encode, evaluate
+from medrlvr.eval.results import results_markdown
 from medrlvr.eval.stats import bootstrap_ci, majority_at_k, pass_at_k, random_baseline
 from medrlvr.prompts import render
 from medrlvr.rollout import Completion, make_engine

@@ -241,7 +241,7 @@ def test_bf16_path_qwen2_biases(tokenizer):
 def test_inverse_cdf_matches_one_level_search(V):
     """The two-level sampler returns the token a single cumsum + searchsorted picks (up to float ties at a
     boundary), never a token of probability 0, also at u -> 1 and with V not a multiple of the block."""
-    from medrlvr.rollout.fast import _inverse_cdf
+    from medrlvr.rollout.fast import inverse_cdf as _inverse_cdf
 
     g = torch.Generator().manual_seed(V)
     R = 64
@@ -266,7 +266,7 @@ def test_inverse_cdf_matches_one_level_search(V):
 
 # ------------------------------------------------------------------------------ fused decode attention
 def _kernel_or_skip():
-    from medrlvr.rollout.fast import decode_kernel, decode_kernel_reason
+    from medrlvr.rollout.kernels import decode_kernel, decode_kernel_reason
 
     lib = decode_kernel()
     if lib is None:   # e.g. no g++ on this machine: the engine then runs its PyTorch path (tested above)
@@ -310,7 +310,8 @@ def test_decode_kernel_matches_reference(dtype, S, n, H, Hk, hd):
     """One layer's fused decode attention (RoPE, this step's K/V written at t, prompt + generated parts, softmax)
     against a float64 reference: queries per KV head from 2 to 15 (register blocks of 8 and 5 and their
     remainders), head dims 16 to 128, prompt lengths not multiples of 16, a row at its first token."""
-    from medrlvr.rollout.fast import _Cache, _ptr
+    from medrlvr.rollout.fast import KVCache as _Cache
+    from medrlvr.rollout.kernels import ptr as _ptr
 
     lib = _kernel_or_skip()
     fn = lib.fr_decode_attn_f32 if dtype == torch.float32 else lib.fr_decode_attn_bf16
@@ -359,7 +360,7 @@ def test_decode_kernel_fp32_engine_matches_pytorch_path(llama64, tokenizer):
 def test_decode_kernel_choice_and_opt_out(llama, llama64, tokenizer, monkeypatch):
     """bf16 uses the kernel by default, fp32 only when asked; a head dim that is not a multiple of 16 and
     MEDRLVR_FAST_KERNELS=0 fall back to the PyTorch path and say why."""
-    import medrlvr.rollout.fast as fr
+    import medrlvr.rollout.kernels as kernels
 
     _kernel_or_skip()
     assert make_engine("fast", llama64, tokenizer, dtype="bf16")._kern is not None
@@ -369,7 +370,7 @@ def test_decode_kernel_choice_and_opt_out(llama, llama64, tokenizer, monkeypatch
     hd8 = make_tiny_model(vocab_size=len(tokenizer), hidden=32, heads=4, kv_heads=2)            # head dim 8
     e8 = make_engine("fast", hd8, tokenizer, dtype="bf16", attn_kernel=True)
     assert e8._kern is None and "head dim 8 is not a multiple of 16" in e8.kernel_note
-    monkeypatch.setattr(fr, "_kernel_state", {})
+    monkeypatch.setattr(kernels, "_kernel_state", {})
     monkeypatch.setenv("MEDRLVR_FAST_KERNELS", "0")
     off = make_engine("fast", llama64, tokenizer, dtype="bf16")
     assert off._kern is None and "MEDRLVR_FAST_KERNELS=0" in off.kernel_note
@@ -382,7 +383,7 @@ def test_decode_kernel_choice_and_opt_out(llama, llama64, tokenizer, monkeypatch
 def test_decode_glue_kernels_match_pytorch(dtype, rows, D):
     """The fused residual add + RMSNorm and SiLU-gated product against PyTorch in float32: a width with a tail
     past the 16-wide vectors, few rows (one thread) and many (OpenMP), with and without the residual."""
-    from medrlvr.rollout.fast import _ptr
+    from medrlvr.rollout.kernels import ptr as _ptr
 
     lib = _kernel_or_skip()
     sfx = "f32" if dtype == torch.float32 else "bf16"

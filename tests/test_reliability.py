@@ -458,13 +458,13 @@ ROW = {"id": "q1", "variant": 0, "samples": [{"correct": True, "pred": "A", "for
 
 
 def test_eval_completions_torn_utf8_last_line_is_dropped_and_counted(tmp_path, capsys):
-    from medrlvr.eval.benchmark import _read_rows
+    from medrlvr.eval.benchmark import read_rows
 
     good = (json.dumps(ROW) + "\n").encode()
     torn = good.replace(b"q1", b"q2")[:-3] + "é".encode()[:1]   # a line cut inside a two-byte character
     d = _completions(tmp_path, good + torn)
     p = d / "starter_test.completions.jsonl"
-    rows = _read_rows(p)
+    rows = read_rows(p)
     assert list(rows) == [("q1", 0)] and p.read_bytes() == good
     assert "dropped a torn last line" in capsys.readouterr().err
 

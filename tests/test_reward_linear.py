@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medrlvr import reward as R
 from medrlvr.integrations.trl import trl_reward_func
 from medrlvr.integrations.verl import compute_score as verl_compute_score
 from medrlvr.reward import SCHEMES, extract_letter, score

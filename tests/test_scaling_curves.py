@@ -1,4 +1,4 @@
-"""bench/scaling_curves.py's plan and writers on synthetic points: no model runs, no timings."""
+"""``bench/rollout.py sweep``'s plan and writers on synthetic points: no model runs, no timings."""
 
 import importlib.util
 import io
@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scaling_curves.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "rollout.py"
 
 
 @pytest.fixture(scope="module")
 def sc():
-    spec = importlib.util.spec_from_file_location("scaling_curves", SCRIPT)
+    spec = importlib.util.spec_from_file_location("bench_rollout", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-META = {"command": "python bench/scaling_curves.py --test", "cpu": "cpu 'Test CPU', 2 logical cpus", "torch": "2.x",
+META = {"command": "python bench/rollout.py sweep --test", "cpu": "cpu 'Test CPU', 2 logical cpus", "torch": "2.x",
         "threads": 2, "started": "today", "load_avg_start": 0.5, "base": "32 rows, 128 new tokens, 135m",
         "dtypes": "fast bf16, generate fp32", "memory_note": "peak RSS: ru_maxrss", "limit_note": "roofline"}
 
@@ -79,7 +79,7 @@ def test_table_json_and_png_hold_every_point(sc, tmp_path):
 
 
 def test_plan_marks_capped_generate_points_and_shares_the_base_point(sc):
-    a = sc.parse(["--hf-max-tokens", "4096", "--hf-max-rows", "16", "--dtype", "bf16"])
+    a = sc.parse(["sweep", "--hf-max-tokens", "4096", "--hf-max-rows", "16", "--dtype", "bf16"])
     pts = sc.plan(a)
     assert len(pts) == 2 * (6 + 5 + 3)
     by = {(p["axis"], p["value"], p["engine"]): p for p in pts}
@@ -88,4 +88,22 @@ def test_plan_marks_capped_generate_points_and_shares_the_base_point(sc):
     assert "skip" not in by[("rows", 16, "hf")] and not any(p.get("skip") for p in pts if p["engine"] == "fast")
     base = {sc.key(by[k]) for k in (("rows", 32, "fast"), ("length", 128, "fast"), ("model", "135m", "fast"))}
     assert len(base) == 1                              # one run of the base point serves the three axes
-    assert [p["engine"] for p in sc.plan(sc.parse(["--skip-hf", "--quick", "--dtype", "fp32"]))] == ["fast"] * 6
+    assert [p["engine"] for p in sc.plan(sc.parse(["sweep", "--skip-hf", "--quick", "--dtype", "fp32"]))] == ["fast"] * 6
+
+
+def test_bad_input_is_one_line_and_exit_2(sc, capsys):
+    for argv, msg in ((["sweep", "--rows", "8,x"], "--rows: expected comma-separated whole numbers, got '8,x'"),
+                      (["sweep", "--models", "135m,9b"], "unknown model / engine ['9b']"),
+                      (["sweep", "--samples", "0"], "must be >= 1"),
+                      (["throughput", "--rows", "0"], "every --rows count must be >= 1"),
+                      (["ab", "--base", "HEAD", "--pairs", "0"], "must be >= 1"),
+                      (["bf16", "--repeats", "0"], "--repeats must be >= 1")):
+        with pytest.raises(SystemExit) as e:
+            sc.parse(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and msg in err[-1] and "Traceback" not in "\n".join(err), (argv, err)
+
+
+def test_ab_base_that_is_no_revision_is_a_value_error(sc):
+    with pytest.raises(ValueError):
+        sc.load_base("no-such-revision-0123456789")

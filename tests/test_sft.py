@@ -4,7 +4,6 @@ loglik and direct evaluation, the lr grid keeps the best, the saved model loads,
 import json
 
 import pytest
-import torch
 
 from medrlvr.train import forward as batching, trainer as train
 from medrlvr import sft as sft_mod

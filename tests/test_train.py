@@ -2,7 +2,6 @@
 resume determinism, NaN handling and config validation."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch

@@ -221,7 +221,7 @@ def read_csv(path: str | os.PathLike, header: bool = True) -> Iterator[tuple[int
             break
         except csv.Error as e:
             end = reader.line_num
-            msg = (f"unterminated quoted field: the file ends inside a quote opened in the record starting here"
+            msg = ("unterminated quoted field: the file ends inside a quote opened in the record starting here"
                    if "unexpected end of data" in str(e) else f"malformed CSV: {e}")
             if header and cols is None:
                 raise DataError(msg, path=str(p), line=start, field="<header>") from None

@@ -121,7 +121,7 @@ class _Item:
         return (self.base.id, self.variant)
 
 
-def _chunks(items: list[_Item], max_items: int, max_tokens: int | None) -> list[list[_Item]]:
+def length_batches(items: list[_Item], max_items: int, max_tokens: int | None) -> list[list[_Item]]:
     """Fixed batches over the whole list: at most ``max_items`` and (when given) a padded size of at
     most ``max_tokens`` tokens (a single longer item gets its own batch)."""
     out: list[list[_Item]] = []
@@ -139,7 +139,7 @@ def _chunks(items: list[_Item], max_items: int, max_tokens: int | None) -> list[
     return out
 
 
-def _read_rows(path: Path) -> dict[tuple[str, int], dict]:
+def read_rows(path: Path) -> dict[tuple[str, int], dict]:
     """Saved rows keyed by (id, variant). A torn last line (no newline: an interrupted write, possibly cut
     inside a UTF-8 character) is dropped from the file, with a note, and recomputed. Any other bad line
     (not UTF-8, not JSON, no ``id``/``variant``/``samples``) is refused: ValueError naming file and line."""
@@ -351,10 +351,10 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
 
 
 # ------------------------------------------------------------------------------------------ main API
-def _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = False,
+def resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = False,
                         skipped: dict[str, int] | None = None) -> dict[str, list[MCQ]]:
     """Load each benchmark / file with its own column map (``columns``: one map, or ``FILE=map;...``, see
-    :func:`medrlvr.data.loaders.columns_for_sources`); with ``skip_invalid`` the skipped records are reported
+    :func:`medrlvr.data.sources.columns_for_sources`); with ``skip_invalid`` the skipped records are reported
     on stderr as ``data validate`` lists them (and counted per benchmark into ``skipped``, when given), and a
     source left empty is refused."""
     if isinstance(benchmarks, str):
@@ -500,7 +500,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or
                                    type(model).__name__)
     n_skipped: dict[str, int] = dict(skipped_invalid or {})  # records loaded by the caller: their skipped counts
-    sets = _resolve_benchmarks(benchmarks, data_root, columns, skip_invalid, n_skipped)
+    sets = resolve_benchmarks(benchmarks, data_root, columns, skip_invalid, n_skipped)
     if limit is not None:
         sets = {k: v[:limit] for k, v in sets.items()}
 
@@ -546,7 +546,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
             if len(set(ids)) != len(ids):
                 raise ValueError(f"{bench}: duplicate question ids")
             cpath = out_dir / f"{_slug(bench)}.completions.jsonl" if out_dir is not None else None
-            rows = _read_rows(cpath) if cpath is not None else {}
+            rows = read_rows(cpath) if cpath is not None else {}
             items: list[_Item] = []
             for r in records:
                 for v in range(n_shuffles + 1):
@@ -559,9 +559,9 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
             order = sorted(range(len(items)), key=lambda i: (-len(items[i].ids), i))
             items = [items[i] for i in order]
             if mode == "loglik":
-                chunks = _chunks(items, batch_size, max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+                chunks = length_batches(items, batch_size, max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
             else:
-                chunks = _chunks(items, batch_size, None)
+                chunks = length_batches(items, batch_size, None)
             todo = [c for c in chunks if any(it.key not in rows for it in c)]
             n_todo = sum(1 for c in todo for it in c if it.key not in rows)
             t0 = time.perf_counter()
@@ -678,7 +678,7 @@ def cmd_eval(a) -> int:
 
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
         n_skipped: dict[str, int] = {}
-        sets = _resolve_benchmarks([b for b in a.benchmarks.split(",") if b.strip()], a.data_root, a.columns,
+        sets = resolve_benchmarks([b for b in a.benchmarks.split(",") if b.strip()], a.data_root, a.columns,
                                    a.skip_invalid, n_skipped)
     model_path = resolve_model_dir(a.model)
     model, tok = load_policy(model_path, a.dtype, seed=a.seed)

@@ -48,22 +48,15 @@ raise :class:`UnsupportedModelError` (a ``ValueError``); callers fall back to th
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from medrlvr.models import unwrap_peft
 from medrlvr.rollout.base import Completion, SamplingParams, eos_token_ids, finish
+from medrlvr.rollout.kernels import decode_kernel, decode_kernel_reason, ptr
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
@@ -128,79 +121,6 @@ def check_supported(model) -> None:
                                     f"{inner.embed_tokens.weight.device}")
 
 
-# ------------------------------------------------------------------------- fused decode attention
-_KERNEL_SRC = Path(__file__).with_name("csrc") / "decode_attention.cpp"
-_KERNEL_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-_kernel_state: dict = {}
-_kernel_lock = threading.Lock()
-
-
-def _cpu_key() -> str:
-    """The machine and its CPU flags: a library built with ``-march=native`` is only reused on the same CPU."""
-    from medrlvr.hardware import cpu_flags
-
-    return f"{platform.machine()}|{' '.join(sorted(cpu_flags()))}"
-
-
-def _build_kernel() -> ctypes.CDLL:
-    from medrlvr.models import cache_dir
-
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise RuntimeError("no C++ compiler (g++) found")
-    src = _KERNEL_SRC.read_text()
-    key = hashlib.sha256("\n".join([src, cxx, " ".join(_KERNEL_FLAGS), _cpu_key()]).encode()).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"decode_attention_{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            so = Path(tmp) / "k.so"
-            proc = subprocess.run([cxx, *_KERNEL_FLAGS, str(_KERNEL_SRC), "-o", str(so)], capture_output=True,
-                                  text=True, timeout=300, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"kernel build failed: {proc.stderr[-800:]}")
-            os.replace(so, out)   # atomic: concurrent builders never load a half-written file
-    lib = ctypes.CDLL(str(out))   # torch is loaded first: the library's OpenMP is the one torch uses
-    if lib.fr_abi_version() != 2:
-        raise RuntimeError(f"{out}: unexpected kernel ABI version")
-    sigs = {"fr_decode_attn": [ctypes.c_void_p] * 11 + [ctypes.c_int] * 7 + [ctypes.c_float],
-            "fr_add_rmsnorm": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2 + [ctypes.c_float],
-            "fr_silu_mul": [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2}
-    for base, args in sigs.items():
-        for sfx in ("bf16", "f32"):
-            fn = getattr(lib, f"{base}_{sfx}")
-            fn.argtypes, fn.restype = args, None
-    return lib
-
-
-def decode_kernel():
-    """The fused decode-attention library (``csrc/decode_attention.cpp``, ctypes), built on first use with
-    ``g++ -O3 -march=native`` and cached per source and CPU under ``$MEDRLVR_CACHE/kernels``; ``None`` when it
-    cannot be built (no compiler, not Linux) or ``MEDRLVR_FAST_KERNELS=0``. :func:`decode_kernel_reason` says why."""
-    with _kernel_lock:
-        if "lib" not in _kernel_state:
-            lib, why = None, ""
-            if os.environ.get("MEDRLVR_FAST_KERNELS", "1").lower() in ("0", "false", "no", "off"):
-                why = "disabled by MEDRLVR_FAST_KERNELS=0"
-            else:
-                try:
-                    lib = _build_kernel()
-                except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-                    why = str(e)[-500:] or type(e).__name__
-            _kernel_state["lib"], _kernel_state["why"] = lib, why
-        return _kernel_state["lib"]
-
-
-def decode_kernel_reason() -> str:
-    """Why :func:`decode_kernel` is ``None`` ("" when the kernel is available)."""
-    decode_kernel()
-    return _kernel_state["why"]
-
-
-def _ptr(x: torch.Tensor) -> int:
-    return x.data_ptr()
-
-
 def _set_malloc_reuse() -> None:
     """Keep big freed blocks in the heap (glibc). Fresh mmap'ed pages cost a page fault each, which on
     small VMs dominated weight copies and large matmul outputs. Harmless elsewhere; ignored on failure."""
@@ -241,7 +161,7 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-class _Cache:
+class KVCache:
     """KV cache of one generate call. Prompt part per slot, generated part per row (slot x n):
     kp (L, S, Hk, hd, P) (keys transposed), vp (L, S, Hk, P, hd), kg and vg (L, S, Hk, n, M, hd)
     (one contiguous ``hd`` row per generated token, so a decode step writes its keys and values with
@@ -301,7 +221,7 @@ def _below(x: torch.Tensor) -> torch.Tensor:
     return torch.nextafter(x, torch.zeros_like(x))
 
 
-def _inverse_cdf(pf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def inverse_cdf(pf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Token ``i`` per row with ``cdf[i-1] <= u * total < cdf[i]`` (``pf``: (R, V) probabilities, zeros
     allowed; ``u``: (R, 1) uniforms in [0, 1)). Two levels instead of one cumsum over the vocabulary (a
     serial scan, the slowest part of sampling): block sums of 256 entries, a cumsum over the blocks,
@@ -528,7 +448,7 @@ class FastEngine:
         stats[nt] = 0.7 * old + 0.3 * seconds_per_unit if current_best else seconds_per_unit
 
     @torch.no_grad()
-    def _prefill_torch(self, prompts: list[list[int]], slots: list[int], cache: _Cache) -> torch.Tensor:
+    def _prefill_torch(self, prompts: list[list[int]], slots: list[int], cache: KVCache) -> torch.Tensor:
         """Run the prompts once, packed into one sequence of rows (the linear layers see all their tokens
         together; attention stays within each prompt), and store each prompt's K/V in its slot. Returns
         the last position's logits of each prompt, (len(prompts), V)."""
@@ -567,7 +487,7 @@ class FastEngine:
         return W["head"](h[last].contiguous())
 
     @torch.no_grad()
-    def _decode_torch(self, tok, pos, t, plen, S, n, cache: _Cache, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _decode_torch(self, tok, pos, t, plen, S, n, cache: KVCache, rows: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step with PyTorch ops over the dense slots ``[0, S)``. Returns logits in the engine
         dtype: (S*n, V), or only for ``rows`` (the live ones: finished rows skip the LM head)."""
         W = self._w
@@ -615,7 +535,7 @@ class FastEngine:
         return self._kern is not None and torch.device(device).type == "cpu"
 
     @torch.no_grad()
-    def _decode_kernel(self, tok, pos, t, plen, S, n, cache: _Cache, rows: torch.Tensor | None) -> torch.Tensor:
+    def _decode_kernel(self, tok, pos, t, plen, S, n, cache: KVCache, rows: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_decode_torch` with each layer's attention (RoPE, cache writes, both cache parts, softmax) in
         one call of the fused kernel, and the residual adds + RMSNorms and the SiLU-gated product in one call
         each (float32 math, one rounding to the storage dtype)."""
@@ -623,25 +543,25 @@ class FastEngine:
         H, Hk, hd, B, D, I = self.H, self.Hk, self.hd, S * n, self.D, self.I
         pos, t, plen = (v.to(torch.long).contiguous() for v in (pos, t, plen))
         cos32, sin32 = W["cos32"], W["sin32"]
-        fixed = (_ptr(cos32), _ptr(sin32), _ptr(pos))
-        tail = (_ptr(plen), _ptr(t))
+        fixed = (ptr(cos32), ptr(sin32), ptr(pos))
+        tail = (ptr(plen), ptr(t))
         x = W["embed"][tok].contiguous()
         h = torch.empty_like(x)
         o = torch.empty(B, H * hd, dtype=self.dtype, device=x.device)
         act = torch.empty(B, I, dtype=self.dtype, device=x.device)
         layers, eps, norm, silu = W["layers"], self.eps, self._k_norm, self._k_silu
-        norm(_ptr(x), None, _ptr(layers[0]["ln1"]), _ptr(h), B, D, eps)
+        norm(ptr(x), None, ptr(layers[0]["ln1"]), ptr(h), B, D, eps)
         for li, Lw in enumerate(layers):
             qkv = Lw["qkv"](h).contiguous()
-            self._kern(_ptr(qkv), *fixed, _ptr(cache.kp[li]), _ptr(cache.vp[li]), _ptr(cache.kg[li]),
-                       _ptr(cache.vg[li]), *tail, _ptr(o), S, n, H, Hk, hd, cache.P, cache.M, self.scale)
+            self._kern(ptr(qkv), *fixed, ptr(cache.kp[li]), ptr(cache.vp[li]), ptr(cache.kg[li]),
+                       ptr(cache.vg[li]), *tail, ptr(o), S, n, H, Hk, hd, cache.P, cache.M, self.scale)
             y = Lw["o"](o).contiguous()
-            norm(_ptr(x), _ptr(y), _ptr(Lw["ln2"]), _ptr(h), B, D, eps)        # x += attn; h = rms(x) * ln2
+            norm(ptr(x), ptr(y), ptr(Lw["ln2"]), ptr(h), B, D, eps)        # x += attn; h = rms(x) * ln2
             gu = Lw["gu"](h).contiguous()
-            silu(_ptr(gu), _ptr(act), B, I)
+            silu(ptr(gu), ptr(act), B, I)
             y = Lw["d"](act).contiguous()
             nxt = layers[li + 1]["ln1"] if li + 1 < self.L else W["norm"]
-            norm(_ptr(x), _ptr(y), _ptr(nxt), _ptr(h), B, D, eps)            # x += mlp; h = rms(x) * next norm
+            norm(ptr(x), ptr(y), ptr(nxt), ptr(h), B, D, eps)            # x += mlp; h = rms(x) * next norm
         if rows is not None and len(rows) < B:
             h = h[rows]
         return W["head"](h)
@@ -679,7 +599,7 @@ class FastEngine:
             u = torch.rand(pf.shape[0], 1, dtype=pf.dtype, generator=gen, device=pf.device)
         else:
             u = u.to(device=pf.device, dtype=pf.dtype).reshape(-1, 1)
-        tok = _inverse_cdf(pf, u)
+        tok = inverse_cdf(pf, u)
         return tok, probs.gather(1, tok[:, None])[:, 0].log()
 
     # ------------------------------------------------------------------------------------ stopping
@@ -740,7 +660,7 @@ class FastEngine:
         pseeds = params.prompt_seeds
         if pseeds is not None and len(pseeds) != len(prompts):
             raise ValueError(f"{len(pseeds)} prompt_seeds for {len(prompts)} prompts")
-        cache = _Cache(self.L, S, n, self.Hk, self.hd, Pcap, Mcap, self.dtype, dev, blocked=self._uses_kernel(dev))
+        cache = KVCache(self.L, S, n, self.Hk, self.hd, Pcap, Mcap, self.dtype, dev, blocked=self._uses_kernel(dev))
         slot_gen: list[torch.Generator | None] = [None] * S
         stats = self.last_stats = {"prefill_tokens": 0, "decode_steps": 0, "generated_tokens": 0}
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
