@@ -287,6 +287,32 @@ def test_registry_dispatch_and_errors():
         ADVANTAGES.pop("_test_zero")
 
 
+def test_policy_loss_registry():
+    from medrlvr.algos import POLICY_LOSSES, compute_policy_loss, register_policy_loss
+
+    assert POLICY_LOSSES["ppo"] is policy_loss
+    g = torch.Generator().manual_seed(0)
+    logp, old = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    adv, mask = torch.randn(2, 3, generator=g), torch.ones(2, 3)
+    want, wm = policy_loss(logp, old, adv, mask, clip_low=0.1, clip_high=0.3)
+    got, gm = compute_policy_loss("ppo", logp=logp, old_logp=old, advantages=adv, mask=mask, clip_low=0.1,
+                                  clip_high=0.3, values=None)   # an argument it does not take is dropped
+    assert torch.equal(got, want) and gm == wm
+    with pytest.raises(ValueError, match="ppo"):
+        compute_policy_loss("nope", logp=logp)
+
+    @register_policy_loss("_test_zero")
+    def _zero(logp, mask):
+        return (logp * 0).sum(), {}
+
+    try:
+        assert compute_policy_loss("_test_zero", logp=logp, mask=mask, old_logp=old)[0].item() == 0.0
+        with pytest.raises(ValueError, match="already registered"):
+            register_policy_loss("_test_zero")(lambda logp, mask: None)
+    finally:
+        POLICY_LOSSES.pop("_test_zero")
+
+
 # ------------------------------------------------------------------ aggregation
 
 

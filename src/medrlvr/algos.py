@@ -43,6 +43,10 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "ADVANTAGES",
+    "POLICY_LOSSES",
+    "register_policy_loss",
+    "compute_policy_loss",
     "KL_KINDS",
     "kl_estimate",
     "token_rewards_with_kl",
@@ -209,6 +213,30 @@ def token_rewards_with_kl(
 # ----------------------------------------------------------------------------------------------
 
 ADVANTAGES: dict[str, Callable[..., Any]] = {}
+"""Advantage estimators by name (``"gae"``, ``"grpo"``, ``"dr_grpo"``, ``"rloo"``, ...)."""
+
+POLICY_LOSSES: dict[str, Callable[..., Any]] = {}
+"""Policy losses by name (``"ppo"``): ``fn(logp, old_logp, advantages, mask, **settings) -> (loss, metrics)``."""
+
+
+def _registrar(table: dict[str, Callable[..., Any]], kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in table and table[name] is not fn:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = fn
+        return fn
+
+    return deco
+
+
+def _dispatch(table: dict[str, Callable[..., Any]], kind: str, name: str, kwargs: dict[str, Any]) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
+    fn = table[name]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(**kwargs)
 
 
 def register_advantage(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -216,14 +244,7 @@ def register_advantage(name: str) -> Callable[[Callable[..., Any]], Callable[...
 
     Raises ``ValueError`` if the name is already taken.
     """
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in ADVANTAGES and ADVANTAGES[name] is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+    return _registrar(ADVANTAGES, "advantage estimator", name)
 
 
 def compute_advantages(name: str, **kwargs: Any) -> Any:
@@ -237,13 +258,18 @@ def compute_advantages(name: str, **kwargs: Any) -> Any:
 
     Raises ``ValueError`` listing the registered names when ``name`` is unknown.
     """
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGES)}")
-    fn = ADVANTAGES[name]
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(**kwargs)
+    return _dispatch(ADVANTAGES, "advantage estimator", name, kwargs)
+
+
+def register_policy_loss(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a policy loss under ``name`` in :data:`POLICY_LOSSES` (``ValueError`` if taken)."""
+    return _registrar(POLICY_LOSSES, "policy loss", name)
+
+
+def compute_policy_loss(name: str, **kwargs: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dispatch to the policy loss registered as ``name``; keyword arguments it does not accept are dropped (as
+    :func:`compute_advantages`). Returns ``(loss, metrics)``; ``ValueError`` for an unknown name."""
+    return _dispatch(POLICY_LOSSES, "policy loss", name, kwargs)
 
 
 @register_advantage("gae")
@@ -426,6 +452,7 @@ def aggregate_loss(
     return masked_mean(seq, seq_mask)
 
 
+@register_policy_loss("ppo")
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

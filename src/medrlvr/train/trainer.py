@@ -379,9 +379,10 @@ class Trainer:
                             if mm is not None:
                                 stats.add("logprob_mismatch", mm * ntok, ntok)
                         old = old_lp[sl, :T].to(dv) if old_lp is not None else lp.detach()
-                        ploss, pm = algos.policy_loss(lp, old, adv[sl, :T].to(dv), mk, clip_low=cfg.clip_low,
-                                                      clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-                                                      agg=cfg.loss_agg, max_len=agg_max_len)
+                        ploss, pm = algos.compute_policy_loss(
+                            "ppo", logp=lp, old_logp=old, advantages=adv[sl, :T].to(dv), mask=mk,
+                            clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                            agg=cfg.loss_agg, max_len=agg_max_len)
                         loss = ploss
                         if ref_lp is not None and cfg.kl_mode == "loss" and cfg.kl_coef > 0:
                             kl = algos.kl_loss(lp, ref_lp[sl, :T].to(dv), mk, kind=cfg.kl_estimator, agg=cfg.loss_agg)
