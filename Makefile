@@ -52,8 +52,8 @@ demo: install
 	$(BIN)/medrlvr demo --output runs/demo
 
 bench: install
-	$(BIN)/python bench/rollout_throughput.py
-	$(BIN)/python bench/step_vs_trl.py
+	$(BIN)/python bench/rollout.py throughput
+	$(BIN)/python bench/step.py vs-trl
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) build *.egg-info src/*.egg-info .pytest_cache

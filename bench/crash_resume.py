@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402, F401  (puts src/ on the path)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -125,11 +128,13 @@ def same(a: dict, b: dict) -> bool:
 
 def main() -> int:
     global TOK
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--random", type=int, default=30, help="random-moment kills (default 30)")
     ap.add_argument("--max-points", type=int, default=0, help="fault-point kills: at most this many (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if a.random < 0 or a.max_points < 0:
+        ap.error("--random and --max-points must be >= 0")
     torch.set_num_threads(1)
     TOK = load_tokenizer("tiny")
     rng = random.Random(a.seed)
@@ -186,7 +191,6 @@ def main() -> int:
 
     shutil.rmtree(root, ignore_errors=True)
     return 0 if ident == len(kills) and len(kills) > 0 else 1
-
 
 
 if __name__ == "__main__":

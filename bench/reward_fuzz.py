@@ -26,10 +26,16 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from medrlvr.hardware import cpu_model
-from medrlvr.reward import LETTERS, SCHEMES, make_trl_reward_func, score, verl_compute_score
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (puts src/ on the path)
+from medrlvr.hardware import cpu_model  # noqa: E402
+from medrlvr.integrations.trl import make_trl_reward_func  # noqa: E402
+from medrlvr.integrations.verl import compute_score as verl_compute_score  # noqa: E402
+from medrlvr.reward import LETTERS, SCHEMES, score  # noqa: E402
 
 FRAGMENTS = [
     "<think>", "</think>", "<answer>", "</answer>", "<THINK>", "< think >", "<answer >", "</ANSWER>", "<", ">",
@@ -105,12 +111,15 @@ def check(res, n_opt: int, bad: dict, where: str) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="generated strings (random + completion families)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lengths", default="1024,4096,32768,262144")
+    ap.add_argument("--lengths", type=harness.ints, default="1024,4096,32768,262144",
+                    help="adversarial text lengths in characters (comma-separated)")
     ap.add_argument("--repeats", type=int, default=3, help="adversarial: best of R timings per call")
     a = ap.parse_args()
+    if a.n < 1 or a.repeats < 1 or not a.lengths or min(a.lengths) < 1:
+        ap.error("--n and --repeats must be >= 1, and --lengths one or more lengths >= 1")
     rng = random.Random(a.seed)
     schemes = sorted(SCHEMES)
     bad = {"exceptions": [], "non_finite": [], "out_of_range": [], "letter_out_of_range": []}
@@ -147,7 +156,7 @@ def main() -> int:
                 slow_bulk[fam] = (dt, len(text))
 
     # ---- adversarial families x lengths x schemes (+ adapters), best of R, side by side per family
-    lengths = [int(x) for x in a.lengths.split(",")]
+    lengths = a.lengths
     trl = {s: make_trl_reward_func(s) for s in schemes}
     worst: dict[tuple[str, int], float] = {}
     for n in lengths:
@@ -212,7 +221,6 @@ def main() -> int:
     failures = sum(len(v) for v in bad.values())
     print(f"  result: {'OK' if failures == 0 else 'FAILURES'} ({failures} bad calls)")
     return 1 if failures else 0
-
 
 
 if __name__ == "__main__":

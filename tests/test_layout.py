@@ -180,3 +180,15 @@ def test_readme_file_map_matches_the_tree():
     got = set(listed)
     assert {x for x in got if x.endswith(".py")} == modules
     assert {x for x in got if x.endswith("/")} == packages
+
+
+def test_tests_and_scripts_import_public_names_only():
+    """Tests, benchmarks and experiments use medrlvr's public names (a private one may change without notice)."""
+    bad = []
+    for folder in ("tests", "tests_verl", "bench", "experiments"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "medrlvr":
+                    bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert bad == []

@@ -2,7 +2,7 @@
 
 bf16 is a large win only where the hardware has native bf16 arithmetic: CUDA GPUs of compute capability
 8.0+ and x86 CPUs with AVX512-BF16 or AMX-BF16. Elsewhere PyTorch emulates it, and on a CPU without
-those instructions bf16 linear layers run several times slower than fp32 (``python bench/bf16_vs_fp32.py``
+those instructions bf16 linear layers run several times slower than fp32 (``python bench/rollout.py bf16``
 measures it; evidence: docs/notes/bf16-and-hardware.md). Every "auto" dtype choice in medrlvr (training
 autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` / ``=0`` overrides the
 detection.

@@ -6,7 +6,7 @@ are merged into the snapshot). At the start of every :meth:`FastEngine.generate`
 copied (and cast: ``dtype="bf16"`` by default) into persistent buffers, so the engine always samples
 from the current policy and there is no separate weight-sync step.
 
-What makes it fast, compared with transformers ``generate`` (see ``bench/rollout_throughput.py``):
+What makes it fast, compared with transformers ``generate`` (see ``bench/rollout.py throughput``):
 
 * each decode step's attention, per layer, is ONE call of a fused C++ kernel (``csrc/decode_attention.cpp``,
   built on first use with ``g++ -O3 -march=native``, any x86 or Arm CPU; see :func:`decode_kernel`) instead of
@@ -14,7 +14,7 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
   bf16 or float32 storage; the same file fuses the residual add + RMSNorm and the SiLU-gated product. On by
   default for bf16, opt-in for fp32 (``attn_kernel=True``). Without a compiler, with
   ``MEDRLVR_FAST_KERNELS=0`` or a head dim that is not a multiple of 16, the PyTorch path runs. The linear
-  layers stay with oneDNN. ``bench/rollout_throughput.py --kernel-ab`` times the kernel against the PyTorch
+  layers stay with oneDNN. ``bench/rollout.py throughput --kernel-ab`` times the kernel against the PyTorch
   path side by side (evidence: docs/notes/fast-engine.md).
 * the prompts admitted together are prefilled in ONE packed forward (their tokens stacked as rows, so
   the linear layers see them all at once; attention stays within each prompt), and each prompt's

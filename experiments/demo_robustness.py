@@ -2,15 +2,15 @@
 
 Runs ``medrlvr demo`` (the real preset, nothing shortened) once per (seed, path), one after the other, each in
 a fresh process: ``MEDRLVR_BF16=1`` (bf16 autocast, native on AVX512-BF16/AMX CPUs) and ``MEDRLVR_BF16=0``
-(fp32), and prints a table of the issue-13 criteria with the wall time of each run:
+(fp32), and prints a table of the demo's criteria with the wall time of each run:
 
     held-out format-valid >= 0.9, an option letter in >= 90% of held-out answers, template echo 0,
     no letter in more than 50% of the answers, no monitor alert at the end.
 
 Usage::
 
-    python bench/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N]
-                                    [--keep-weights] [--tail K] [KEY=VALUE ...]
+    python experiments/demo_robustness.py [--seeds 0,1,2] [--paths auto,fp32] [--out runs/robustness] [--threads N]
+                                          [--keep-weights] [--tail K] [KEY=VALUE ...]
 
 ``auto`` is the path the machine picks by default (bf16 where native); ``bf16``/``fp32`` force one. Where
 bf16 is emulated (AVX2-only CPUs) it is ~4x slower: run it with one seed there. Results are appended
@@ -20,7 +20,7 @@ restarted), and the table of every run in ``OUT`` is written to ``OUT/table.md``
 times depend on the machine's load: say what else ran.
 
 ``--tail K`` (0 = off) also draws K answers per held-out question from each final model at the demo's
-evaluation temperature with ``bench/heldout_tail.py`` (before its weights are deleted) and adds a column with the
+evaluation temperature with ``experiments/heldout_tail.py`` (before its weights are deleted) and adds a column with the
 template-echo count of those answers and a 95% Wilson interval of its rate: "echo 0" over 4 answers per question
 passes or fails by chance for a model that echoes a few times in a thousand (README, the demo section). The
 criteria are unchanged; the column is evidence next to them.
@@ -36,6 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+import harness  # noqa: E402  (puts src/ on the path)
+
+PATHS = ("auto", "bf16", "fp32")
 CRITERIA = (
     ("format_valid", "format-valid >= 0.9", lambda a, s: a["format_valid"] >= 0.9),
     ("answered", "letter in >= 90%", lambda a, s: a["answered"] >= 0.9),
@@ -56,7 +60,7 @@ def drop_weights(d: Path) -> None:
 
 
 def tail_of(d: Path, k: int, temperature: float, env: dict, log) -> dict | None:
-    """``bench/heldout_tail.py`` on run ``d`` (K answers per question at ``temperature``, the run's own seeds, in
+    """``experiments/heldout_tail.py`` on run ``d`` (K answers per question at ``temperature``, the run's own seeds, in
     the run's environment): its row, or None (and a line in the run's log) when it failed."""
     js = d / "heldout_tail.json"
     cmd = [sys.executable, str(Path(__file__).with_name("heldout_tail.py")), str(d), "--k", str(k),
@@ -72,7 +76,7 @@ def tail_of(d: Path, k: int, temperature: float, env: dict, log) -> dict | None:
 
 
 def run_one(path: str, seed: int, out: Path, extra: list[str], threads: int = 0, tail: int = 0) -> dict:
-    env = dict(os.environ)
+    env = harness.child_env()
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     if path == "bf16":
@@ -149,8 +153,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--paths", default="auto,fp32", help="comma-separated: auto, bf16, fp32")
+    ap.add_argument("--seeds", type=harness.ints, default="0,1,2")
+    ap.add_argument("--paths", type=harness.names, default="auto,fp32", help="comma-separated: auto, bf16, fp32")
     ap.add_argument("--out", default="runs/robustness")
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP_NUM_THREADS of each run (0: torch's default). Two scripts with --threads 1 and "
@@ -159,7 +163,7 @@ def main() -> int:
                     help="keep each run's checkpoint and final model (~2.1 GB a run); by default they are deleted "
                          "once the run's summary is read")
     ap.add_argument("--tail", type=int, default=0, metavar="K",
-                    help="also draw K answers per held-out question from each final model (bench/heldout_tail.py) "
+                    help="also draw K answers per held-out question from each final model (experiments/heldout_tail.py) "
                          "and add their template-echo count with a 95%% interval (0: off)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset (probes only)")
     a = ap.parse_args()
@@ -167,6 +171,11 @@ def main() -> int:
         ap.error(f"--threads must be >= 0, got {a.threads}")
     if a.tail < 0:
         ap.error(f"--tail must be >= 0, got {a.tail}")
+    if not a.seeds or not a.paths:
+        ap.error("--seeds and --paths must name one or more")
+    bad = [p for p in a.paths if p not in PATHS]
+    if bad:
+        ap.error(f"--paths: {', '.join(bad)} is not one of {', '.join(PATHS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res = out / "results.jsonl"
@@ -179,8 +188,8 @@ def main() -> int:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
           f"auto = {auto}", flush=True)
     rows = []
-    for seed in [int(x) for x in a.seeds.split(",")]:  # seed-major: both paths of seed 0 come first
-        for path in a.paths.split(","):
+    for seed in a.seeds:  # seed-major: both paths of seed 0 come first
+        for path in a.paths:
             key = (path, seed)
             done.update(read_done(res))  # another script may share this --out
             if key not in done:

@@ -2,21 +2,22 @@
 
 The demo judges "template echo 0" on 32 questions x 4 sampled answers. An answer that copies the prompt's
 placeholder text once in a few hundred samples passes or fails that criterion by chance, so this script draws
-K answers per held-out question from a run's kept final model (``bench/demo_robustness.py --keep-weights``)
+K answers per held-out question from a run's kept final model (``experiments/demo_robustness.py --keep-weights``)
 at each temperature and prints, per run and temperature, the template-echo count with a 95% Wilson interval on
 its rate, format-valid, the share naming a letter, the top letter's share and the wall time, with the first
 echoed answers. It is a measurement, not a test.
 
 Usage::
 
-    python bench/heldout_tail.py RUN_DIR [RUN_DIR ...] [--k 32] [--temps 1.0,0.6] [--path auto|bf16|fp32] [--seed S]
-                                 [--json FILE]
+    python experiments/heldout_tail.py RUN_DIR [RUN_DIR ...] [--k 32] [--temps 1.0,0.6] [--path auto|bf16|fp32]
+                                       [--seed S] [--json FILE]
 
 Each RUN_DIR is a demo run directory with ``final/`` (its ``config.yaml`` gives the preset values); the
 questions, prompts and per-question seeds are the demo's (``eval_limit`` questions of ``eval_data``).
 ``--path`` sets ``MEDRLVR_BF16`` as the run had it (fp32 runs: ``--path fp32``). ``--seed`` draws with another
 seed's per-question seeds than the run's own (a second, independent draw of the same model). ``--json FILE``
-also writes the rows (one per run and temperature) as a JSON list; ``bench/demo_robustness.py --tail K`` reads it.
+also writes the rows (one per run and temperature) as a JSON list; ``experiments/demo_robustness.py --tail K``
+reads it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+import harness  # noqa: E402  (puts src/ on the path)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -70,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--k", type=int, default=32, help="answers sampled per held-out question")
-    ap.add_argument("--temps", default="1.0,0.6", help="comma-separated sampling temperatures (> 0)")
+    ap.add_argument("--temps", type=harness.floats, default="1.0,0.6", help="comma-separated sampling temperatures (> 0)")
     ap.add_argument("--path", choices=("auto", "bf16", "fp32"), default="auto")
     ap.add_argument("--seed", type=int, default=None, help="draw with this seed instead of the run's")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows to this file (a JSON list)")
     a = ap.parse_args(argv)
-    temps = [float(x) for x in a.temps.split(",")]
-    if a.k < 1 or any(t <= 0 for t in temps):
+    temps = a.temps
+    if a.k < 1 or not temps or any(t <= 0 for t in temps):
         ap.error("--k must be >= 1 and every temperature > 0")
     for r in a.runs:   # every run before the first draw: a bad one would otherwise end the script minutes in
         for need in ("final/model.safetensors", "config.yaml"):

@@ -21,8 +21,8 @@ engine's loss.
 and bf16 autocast (``scoring_dtype=bf16``, what ``auto`` picks where bf16 is native), each with its own
 limit; prints the share of questions with the same choice, the accuracy both ways and the speed ratio.
 
-    PYTHONPATH=src .venv/bin/python bench/eval_throughput.py [--threads 1] [--dtype bf16] [--cot-limit 8]
-                                                             [--agreement --loglik-limit 300]
+    python bench/eval.py [--threads 1] [--dtype bf16] [--cot-limit 8] [--loglik-limit N] [--skip-loglik | --skip-cot]
+                         [--agreement --loglik-limit 300]
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (puts src/ on the path)
 
 BAR_S = 300.0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--benchmark", default="medqa-4opt")
     p.add_argument("--data-root", default=None)
@@ -58,14 +59,20 @@ def main(argv=None) -> int:
     p.add_argument("--scoring-dtype", default="auto", choices=["auto", "bf16", "fp32"], help="loglik forward dtype")
     p.add_argument("--agreement", action="store_true", help="loglik in fp32 and in bf16: agreement and speed")
     a = p.parse_args(argv)
+    if (a.loglik_limit is not None and a.loglik_limit < 1) or min(a.cot_limit, a.cot_max_new_tokens, a.cot_batch) < 1 \
+            or (a.loglik_batch is not None and a.loglik_batch < 1):
+        p.error("--loglik-limit, --loglik-batch, --cot-limit, --cot-max-new-tokens and --cot-batch must be >= 1")
 
     import torch
 
-    from medrlvr.eval.benchmark import evaluate
+    from medrlvr.eval.benchmark import evaluate, resolve_benchmarks
     from medrlvr.models import load_policy
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    try:   # the questions before the model: a bad --benchmark or --data-root is one line, not a traceback
+        resolve_benchmarks([a.benchmark], a.data_root, None)
+    except (OSError, ValueError) as e:   # DataError is a ValueError
+        p.error(f"--benchmark {a.benchmark}: {e}")
+    harness.set_threads(a.threads)
     model, tok = load_policy(a.model, a.dtype)
     if torch.cuda.is_available():
         model = model.to("cuda")
@@ -150,26 +157,24 @@ def loglik_roofline(model, tok, a, seconds: float, dtype: str | None = None) -> 
     import torch
 
     from medrlvr import roofline
-    from medrlvr.eval.benchmark import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, _chunks, _resolve_benchmarks, encode
+    from medrlvr.eval.benchmark import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, encode, length_batches,
+                                       resolve_benchmarks)
     from medrlvr.prompts import render
 
-    recs = _resolve_benchmarks([a.benchmark], a.data_root, None)[a.benchmark]
+    recs = resolve_benchmarks([a.benchmark], a.data_root, None)[a.benchmark]
     if a.loglik_limit is not None:
         recs = recs[:a.loglik_limit]
     lens = sorted((len(encode(tok, render(r, "direct", tok, False))) for r in recs), reverse=True)
-    chunks = _chunks([SimpleNamespace(ids=range(n)) for n in lens], a.loglik_batch or DEFAULT_BATCH_SIZE["loglik"],
-                     DEFAULT_MAX_BATCH_TOKENS)
+    chunks = length_batches([SimpleNamespace(ids=range(n)) for n in lens],
+                            a.loglik_batch or DEFAULT_BATCH_SIZE["loglik"], DEFAULT_MAX_BATCH_TOKENS)
     shape = roofline.ModelShape.from_config(model.config)
     bf16 = dtype in ("bf16", "bfloat16") or next(model.parameters()).dtype == torch.bfloat16
-    dt, nb = ("bf16", 2) if bf16 else ("fp32", 4)
+    dt = "bf16" if bf16 else "fp32"
     Ms = sorted({min(2048, sum(len(x.ids) for x in c)) for c in chunks})
     mach = roofline.measure(shape, [Ms[0], Ms[len(Ms) // 2], Ms[-1]], dt)
     lim = roofline.Limit()
-    for c in chunks:
-        ls = [len(x.ids) for x in c]
-        rows = sum(ls)
-        lim = lim + roofline.forward_limit(shape, mach, rows, attn_context=sum(n * (n + 1) / 2 for n in ls) / rows,
-                                           dtype_bytes=nb, head_rows=len(c))
+    for c in chunks:   # one prompt's last position through the LM head
+        lim = lim + harness.packed_forward_limit(shape, mach, [len(x.ids) for x in c], dt, head_rows=len(c))
     work = f"{len(lens)} prompts, {sum(lens)} prompt tokens in {len(chunks)} batches, {dt}"
     return (f"{roofline.cpu_summary()}\n{roofline.describe_machine(mach, shape)}\n"
             + roofline.report("loglik", lim, seconds, work)), lim.seconds / seconds
