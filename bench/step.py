@@ -501,7 +501,7 @@ def sft(a, ap) -> int:
     from medrlvr.data import load_benchmark
     from medrlvr.hardware import train_attn_implementation, use_autocast
     from medrlvr.models import load_policy
-    from medrlvr.sft import SFTConfig, _Log, example_ids, train_one
+    from medrlvr.sft import SFTConfig, MetricsLog, example_ids, train_one
     from medrlvr.train.stream import PromptStream
 
     settings = a.settings
@@ -534,7 +534,7 @@ def sft(a, ap) -> int:
             for _ in range(a.steps):
                 ex = [example_ids(r, tok) for r in stream.take(cfg.batch_size)]
                 mbs.append([ex[i:i + a.micro_batch_size] for i in range(0, len(ex), a.micro_batch_size)])
-        log = _Log(None)
+        log = MetricsLog(None)
         train_one(cfg, cfg.lr, train, dev, log, model, tok, quiet=True)
         steps = [r for r in log.history if "step_s" in r]
         r = results.setdefault(s, {"times": [], "loss1": steps[0]["loss"]})

@@ -200,7 +200,9 @@ def _lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]
     return f
 
 
-class _Log:
+class MetricsLog:
+    """The SFT metrics log: every row kept in ``history`` and, with a path, appended to that JSONL file."""
+
     def __init__(self, path: Path | None):
         self.path = path
         self.history: list[dict] = []
@@ -218,7 +220,7 @@ def _dev_accuracy(model, tok, dev: list[MCQ], cfg: SFTConfig) -> float:
     return float(r["dev"]["accuracy"])
 
 
-def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: _Log, model=None, tokenizer=None,
+def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: MetricsLog, model=None, tokenizer=None,
               quiet: bool = False):
     """Fine-tune one model at learning rate ``lr``; returns ``(model, tokenizer, final dev accuracy)``."""
     torch.manual_seed(cfg.seed)
@@ -302,7 +304,7 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
         conf = {k: (v if isinstance(v, (str, int, float, bool, tuple, type(None))) else f"<{len(v)} records>")
                 for k, v in asdict(cfg).items()}
         (out / "sft_config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
-    log = _Log(out / "metrics.jsonl" if out is not None else None)
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
     train = _records(cfg.train_data, cfg)
     train = train[: cfg.train_limit] if cfg.train_limit else train
     if cfg.dev_data:
