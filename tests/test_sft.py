@@ -69,7 +69,7 @@ def test_sft_bf16_autocast_and_eager_attention(monkeypatch, setting, env, expect
         cfg = SFTConfig(model="tiny", train_data=recs, dev_data=recs[:2], max_steps=2, batch_size=4, lr=1e-3,
                         autocast_bf16=ab, eval_every_epoch=False, seed=0)
         model, tok = load_policy("tiny", seed=0)
-        log = sft_mod._Log(None)
+        log = sft_mod.MetricsLog(None)
         sft_mod.train_one(cfg, cfg.lr, recs, recs[:2], log, model, tok, quiet=True)
         steps = [r for r in log.history if "loss" in r]
         assert len(steps) == 2 and all(r["bf16_autocast"] is (expect if ab == setting else False) for r in steps)
