@@ -152,3 +152,13 @@ def test_prompt_length_bound_is_checked(tmp_path, capsys):
     rc = main(["verl", "prepare", "--config", "paper-3b", "--out", str(tmp_path / "x"), "--max-prompt-length",
                str(longest - 1), *SMALL])
     assert rc == 2 and "--max-prompt-length" in capsys.readouterr().err
+
+
+def test_verl_reward_entry_point_does_not_import_torch():
+    """The reward file verl loads imports ``medrlvr.integrations.verl``: that must stay light (no torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from medrlvr.integrations.verl import compute_score; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

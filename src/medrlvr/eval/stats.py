@@ -13,8 +13,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medrlvr.algos import unbiased_pass_at_k
-
 
 def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> list[float | None]:
@@ -53,6 +51,8 @@ def random_baseline(n_options: Sequence[int], n_resamples: int = 1000, seed: int
 
 def pass_at_k(n_correct: Sequence[int], n: int, k: int) -> float:
     """Mean over questions of the unbiased pass@k (:func:`medrlvr.algos.unbiased_pass_at_k`)."""
+    from medrlvr.algos import unbiased_pass_at_k   # here, not at the top: medrlvr.algos imports torch
+
     return float(np.mean([unbiased_pass_at_k(n, c, k) for c in n_correct])) if len(n_correct) else float("nan")
 
 
