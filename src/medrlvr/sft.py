@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from medrlvr import rundir
 from medrlvr.train.forward import pack, response_logprobs
 from medrlvr.data import MCQ, load_any
 from medrlvr.eval.benchmark import encode, evaluate
@@ -210,8 +211,7 @@ class MetricsLog:
     def __call__(self, rec: dict) -> None:
         self.history.append(rec)
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            rundir.append_lines(self.path, [json.dumps(rec)])
 
 
 def _dev_accuracy(model, tok, dev: list[MCQ], cfg: SFTConfig) -> float:
@@ -300,11 +300,11 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / rundir.METRICS).unlink(missing_ok=True)
         conf = {k: (v if isinstance(v, (str, int, float, bool, tuple, type(None))) else f"<{len(v)} records>")
                 for k, v in asdict(cfg).items()}
         (out / "sft_config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
-    log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
+    log = MetricsLog(out / rundir.METRICS if out is not None else None)
     train = _records(cfg.train_data, cfg)
     train = train[: cfg.train_limit] if cfg.train_limit else train
     if cfg.dev_data:
@@ -338,7 +338,7 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
         if best is None or acc > best[1]:
             best = (lr, acc, model, tok)
             if out is not None:
-                _save(model, tok, out / "final")
+                _save(model, tok, out / rundir.FINAL)
         else:
             del model
         m0 = t0 = None
@@ -347,7 +347,7 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
          "dev_accuracy_before": before})
     if out is not None:
         summary = {"best_lr": lr, "dev_accuracy": {str(k): v for k, v in accs.items()}, "dev_accuracy_before": before,
-                   "n_train": len(train), "n_dev": len(dev), "model_dir": str(out / "final")}
+                   "n_train": len(train), "n_dev": len(dev), "model_dir": str(out / rundir.FINAL)}
         (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return SFTResult(lr, accs, before, out, model, tok, log.history)
 

@@ -51,6 +51,7 @@ from medrlvr.analysis.stages import (
     stage_distribution,
 )
 from medrlvr.monitor import MONITORS, Alert, monitor_config_of, replay
+from medrlvr import rundir
 from medrlvr.rundir import read_jsonl
 from medrlvr.reward import FLAGS
 
@@ -605,7 +606,7 @@ def build_report(
         html_path, out_dir = out_p, out_p.parent
     else:
         out_dir = out_p
-        html_path = out_dir / "report.html"
+        html_path = out_dir / rundir.REPORT
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = stage_config or StageConfig()
     notes: list[str] = []
@@ -616,19 +617,19 @@ def build_report(
     if is_verl_run(run):
         src, verl_notes = convert_run(run)
         notes += verl_notes
-    metrics, bad_m = read_jsonl(src / "metrics.jsonl")
-    if not (src / "metrics.jsonl").is_file():
+    metrics, bad_m = read_jsonl(src / rundir.METRICS)
+    if not (src / rundir.METRICS).is_file():
         notes.append("metrics.jsonl not found: no training curves")
     if bad_m:
         notes.append(f"metrics.jsonl: skipped {bad_m} unreadable line(s) (e.g. a truncated last line)")
-    samples, bad_s = read_jsonl(src / "samples.jsonl")
-    if not (src / "samples.jsonl").is_file():
+    samples, bad_s = read_jsonl(src / rundir.SAMPLES)
+    if not (src / rundir.SAMPLES).is_file():
         notes.append("samples.jsonl not found: no stage charts, hacking rates or sample browser")
     if bad_s:
         notes.append(f"samples.jsonl: skipped {bad_s} unreadable line(s) (e.g. a truncated last line)")
     results = _find_results(run, out_dir)
     config_text = None
-    cpath = src / "config.yaml"
+    cpath = src / rundir.CONFIG
     if cpath.is_file():
         config_text = cpath.read_text(encoding="utf-8", errors="replace")
     else:

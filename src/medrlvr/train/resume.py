@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medrlvr import fileio
+from medrlvr import fileio, rundir
 
 SAFE_TO_CHANGE = frozenset({
     "eval_every", "save_every", "keep_checkpoints", "sample_every", "data_root", "rank", "world_size",
@@ -82,7 +82,7 @@ def clean_leftovers(ckdir: Path) -> list[str]:
 
 def find_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to resume from (see the module doc). Raises FileNotFoundError when there is none."""
-    ckdir = Path(run_dir) / "checkpoints"
+    ckdir = Path(run_dir) / rundir.CHECKPOINTS
     latest = ckdir / "latest"
     problem = None
     if not latest.is_file():
@@ -118,7 +118,7 @@ def _line_step(line: str) -> int | None:
         return None
 
 
-def truncate_logs(run_dir: Path, step: int, names: tuple[str, ...] = ("metrics.jsonl", "samples.jsonl")) -> dict:
+def truncate_logs(run_dir: Path, step: int, names: tuple[str, ...] = (rundir.METRICS, rundir.SAMPLES)) -> dict:
     """Keep the lines of steps <= ``step`` in each log (atomic rewrite); returns ``{name: lines dropped}``."""
     dropped = {}
     for name in names:
@@ -157,7 +157,7 @@ def check_drift(run_dir: Path, cfg, allow: tuple[str, ...] | list[str] = ()) -> 
 
     from medrlvr.train.config import TrainConfig, build_config
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         return {}
     import yaml

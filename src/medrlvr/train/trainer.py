@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from medrlvr import algos, fileio
+from medrlvr import algos, fileio, rundir
 from medrlvr.train import distributed, resume as resume_mod
 from medrlvr.train.forward import pack, response_logprobs, response_values
 from medrlvr.train.config import TrainConfig, save_config
@@ -131,11 +131,11 @@ class Trainer:
         if resume:
             self._resume()
         elif self.is_main:
-            for f in ("metrics.jsonl", "samples.jsonl", "alerts.jsonl"):
+            for f in (rundir.METRICS, rundir.SAMPLES, rundir.ALERTS):
                 (self.out / f).unlink(missing_ok=True)
-            shutil.rmtree(self.out / "tb", ignore_errors=True)  # a fresh start: no stale TensorBoard steps
+            shutil.rmtree(self.out / rundir.TENSORBOARD, ignore_errors=True)  # a fresh start: no stale TensorBoard steps
         if self.is_main:
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / rundir.CONFIG)
             fileio.atomic_write_text(self.out / "seed", f"{cfg.seed}\n", label="seed")
             if resume:
                 resume_mod.record_changes(self.out, self.step, self._changes)
@@ -154,7 +154,7 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 # purge_step: TensorBoard hides the steps after the resumed checkpoint (they were re-run)
-                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self._purge_step)
+                self._tb = SummaryWriter(str(self.out / rundir.TENSORBOARD), purge_step=self._purge_step)
             except Exception:  # tensorboard missing: JSONL stays the source of truth
                 self._tb = False
         return self._tb or None
@@ -166,8 +166,7 @@ class Trainer:
             return
         line = fileio.strict_json(rec)  # strict JSON: a NaN is written null and its key listed in "nonfinite"
         fileio.fault("log.metrics")
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        rundir.append_lines(self.out / rundir.METRICS, [line])
         self._monitor_step(json.loads(line))
         tb = self._tb_writer()
         if tb:
@@ -180,13 +179,9 @@ class Trainer:
         if not self.is_main or self.step % self.cfg.sample_every:
             return
         fileio.fault("log.samples")
-        rows = []
-        with open(self.out / "samples.jsonl", "a", encoding="utf-8") as f:
-            for s in samples:
-                line = sample_line(s, self.step)
-                f.write(line + "\n")
-                rows.append(json.loads(line))
-        self._monitor_samples = rows  # the monitor sees what samples.jsonl holds (same verdicts offline)
+        lines = [sample_line(s, self.step) for s in samples]
+        rundir.append_lines(self.out / rundir.SAMPLES, lines)
+        self._monitor_samples = [json.loads(x) for x in lines]  # the monitor sees what samples.jsonl holds (same verdicts offline)
 
     def _monitor_step(self, rec: dict) -> None:
         """Feed the monitor this metrics row (as written) and the step's sample rows; print and record new
@@ -586,7 +581,7 @@ class Trainer:
         rng_ranks = distributed.gather_objects({"torch": torch.get_rng_state(), "python": random.getstate()})
         if not self.is_main:
             return None
-        final = self.out / "checkpoints" / f"step_{self.step}"
+        final = self.out / rundir.CHECKPOINTS / f"step_{self.step}"
 
         def write(d: Path):
             self.policy.save_pretrained(d / "policy", safe_serialization=True, **({"state_dict": psd} if psd else {}))
@@ -603,7 +598,7 @@ class Trainer:
             fileio.fault("ckpt.state")
             (d / "step").write_text(str(self.step))  # last: marks the checkpoint complete (medrlvr.train.resume)
 
-        ckdir = self.out / "checkpoints"
+        ckdir = self.out / rundir.CHECKPOINTS
         resume_mod.clean_leftovers(ckdir)
         fileio.atomic_write_dir(final, write, label="ckpt")
         fileio.atomic_write_text(ckdir / "latest", final.name, label="ckpt.latest")  # never empty, even if killed
@@ -616,7 +611,7 @@ class Trainer:
 
     def save_final(self) -> Path:
         """``final/`` in Hugging Face format, written by rank 0 (the full weights gathered under FSDP2)."""
-        final = self.out / "final"
+        final = self.out / rundir.FINAL
         psd = self.par.full_state_dict(self.policy) if self.par.sharded else None  # a collective
         if not self.is_main:
             return final
@@ -687,7 +682,7 @@ class Trainer:
         for g in self.opt.param_groups:  # restored groups keep the saved values; accepted changes apply
             g["weight_decay"], g["betas"] = self.cfg.weight_decay, tuple(self.cfg.adam_betas)
         if self.is_main:
-            resume_mod.clean_leftovers(self.out / "checkpoints")
+            resume_mod.clean_leftovers(self.out / rundir.CHECKPOINTS)
         # lines written after the checkpoint by the interrupted run are dropped (temp file + rename)
         if self.is_main:
             resume_mod.truncate_logs(self.out, self.step)

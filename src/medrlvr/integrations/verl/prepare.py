@@ -26,6 +26,7 @@ from pathlib import Path
 
 from medrlvr.integrations.verl.mapping import (AGENT_LOOP_NAME, FIELD_MAP, MARKER, VERL_VERSION, check_mappable,
                                                verl_overrides, verl_row)
+from medrlvr import rundir
 from medrlvr.prompts import render, response_prefix
 from medrlvr.train.config import TrainConfig, build_config, save_config
 from medrlvr.train.stream import PromptStream
@@ -132,7 +133,7 @@ def prepare(cfg: TrainConfig, out: str | Path, *, nnodes: int = 1, gpus_per_node
         prefill=response_prefix(cfg.template, cfg.prefill_think) or None), encoding="utf-8")
     (out / "agent_loops.yaml").write_text(AGENT_LOOPS_FILE.format(
         name=AGENT_LOOP_NAME, stop=json.dumps(list(cfg.stop))), encoding="utf-8")
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / rundir.CONFIG)
     marker = {"verl_version": VERL_VERSION, "medrlvr_version": medrlvr_version, "model_path": mpath,
               "reward_scheme": cfg.reward_scheme, "template": cfg.template, "prefill_think": cfg.prefill_think,
               "train_rows": len(tr_rows), "val_rows": len(va_rows), "max_prompt_length": max_prompt_length,

@@ -193,14 +193,14 @@ def convert_run(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pat
         notes.append("metrics.jsonl (verl's file logger) not found: curves from the dumps only")
     if not per_step:
         notes.append("rollouts/ (trainer.rollout_data_dir) holds no dump: no training samples")
-    with open(view / "metrics.jsonl", "w", encoding="utf-8") as f:
+    with open(view / rundir.METRICS, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec) + "\n")
-    with open(view / "samples.jsonl", "w", encoding="utf-8") as f:
+    with open(view / rundir.SAMPLES, "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    if (d / "config.yaml").is_file():
-        (view / "config.yaml").write_text((d / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    if (d / rundir.CONFIG).is_file():
+        (view / rundir.CONFIG).write_text((d / rundir.CONFIG).read_text(encoding="utf-8"), encoding="utf-8")
     for old in view.glob("eval_step_*"):
         for f in old.glob("*"):
             f.unlink()
