@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-verl demo bench clean chromium
+.PHONY: install test test-verl demo bench clean chromium docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,9 +51,14 @@ test-verl: $(VERL_STAMP)
 demo: install
 	$(BIN)/medrlvr demo --output runs/demo
 
+# The documentation site (mkdocs.yml; docs/hooks.py generates the reference pages) into site/, which git ignores.
+# --strict: a broken link, a missing page or a failed generator fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	$(BIN)/python bench/rollout.py throughput
 	$(BIN)/python bench/step.py vs-trl
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build site *.egg-info src/*.egg-info .pytest_cache

@@ -3,7 +3,7 @@
 bf16 is a large win only where the hardware has native bf16 arithmetic: CUDA GPUs of compute capability
 8.0+ and x86 CPUs with AVX512-BF16 or AMX-BF16. Elsewhere PyTorch emulates it, and on a CPU without
 those instructions bf16 linear layers run several times slower than fp32 (``python bench/rollout.py bf16``
-measures it; evidence: docs/notes/bf16-and-hardware.md). Every "auto" dtype choice in medrlvr (training
+measures it; evidence: docs/decisions/bf16-and-hardware.md). Every "auto" dtype choice in medrlvr (training
 autocast, the fast rollout engine) goes through :func:`fast_bf16`. ``MEDRLVR_BF16=1`` / ``=0`` overrides the
 detection.
 """
@@ -72,7 +72,7 @@ def describe() -> str:
 def adamw_kwargs(params) -> dict:
     """``{"fused": True}`` where torch's fused AdamW can update ``params`` (all plain float tensors on one CPU or
     CUDA device; not FSDP2's DTensor shards), else ``{}`` (torch's default implementation). Same update rule;
-    one pass over each parameter instead of about ten (evidence: docs/notes/bf16-and-hardware.md)."""
+    one pass over each parameter instead of about ten (evidence: docs/decisions/bf16-and-hardware.md)."""
     params = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     if not params:
         return {}
@@ -92,7 +92,7 @@ def train_attn_implementation(device: str | torch.device = "cpu") -> str | None:
     ``eager`` on the CPU, ``None`` (keep the model's own, SDPA or flash) elsewhere; ``MEDRLVR_TRAIN_ATTN=eager|sdpa``
     overrides. On the CPU, torch's SDPA kernel is slow at RL's shapes (a few hundred queries per row against a
     few hundred keys with a padding mask: its backward runs far below the GEMM rate), while eager's two matmuls
-    and a softmax run at the GEMM rate; evidence: docs/notes/bf16-and-hardware.md."""
+    and a softmax run at the GEMM rate; evidence: docs/decisions/bf16-and-hardware.md."""
     env = os.environ.get("MEDRLVR_TRAIN_ATTN", "").strip().lower()
     if env:
         if env not in TRAIN_ATTN_CHOICES:

@@ -67,7 +67,7 @@ extend nor break its run. One alert per monitor per run; ``active`` says whether
 its threshold at the last measured step.
 
 Simplifications: thresholds are absolute, set for SmolLM2-135M with GRPO and 8 samples per prompt (the
-``cpu-demo`` preset; evidence: docs/notes/monitor-thresholds.md); a larger model or other sampling settings may need
+``cpu-demo`` preset; evidence: docs/decisions/monitor-thresholds.md); a larger model or other sampling settings may need
 others: set them in the training config's ``monitor:`` section (``monitor.entropy_min=0.05`` on the command
 line), which the run's ``config.yaml`` keeps for ``medrlvr monitor`` and the report. Per-step rates come from
 at most ``rollout_batch`` samples.
@@ -195,17 +195,17 @@ class MonitorConfig:
             ``position_gold_share_max`` and ``position_min_answered`` as ``position_hack`` does.
         letterless_rate: ``letterless_answers`` when at least this share of a step's samples are
             well-formed answers naming no option letter (default 0.75: learning the format before the letters
-            is a normal phase that can pass 0.5 for a few steps; evidence: docs/notes/monitor-thresholds.md).
+            is a normal phase that can pass 0.5 for a few steps; evidence: docs/decisions/monitor-thresholds.md).
         heldout_answered_min: ``heldout_letterless`` when fewer than this share of the well-formed held-out
             answers name a letter (default 0.5) ...
         heldout_min_format_valid: ... with at least this share of the held-out answers well-formed (default
             0.25; fewer are too few to measure the share naming a letter).
         empty_answer_rate: ``empty_answers`` when at least this share of a step's samples have an
             ``<answer>`` block with no word in it (default 0.5: a run stuck on empty tags sits above it,
-            healthy demo runs stay well below; evidence: docs/notes/monitor-thresholds.md).
+            healthy demo runs stay well below; evidence: docs/decisions/monitor-thresholds.md).
         format_min, format_grace_steps: ``format_not_learned`` when fewer than ``format_min`` (0.1) of a
             step's samples are well-formed at step ``format_grace_steps`` (8) or later (most demo runs pass 0.1
-            by step 7; evidence: docs/notes/monitor-thresholds.md).
+            by step 7; evidence: docs/decisions/monitor-thresholds.md).
     """
 
     k: int = 3

@@ -37,7 +37,7 @@ without spaces has a sensible length).
    check; a re-opened tag with no real preamble ("<think>Okay.<think>...") is rule 1.
 
 2b. ``template_echo`` -- not one of the paper's stages (a failure of small models; evidence:
-   docs/notes/reward-scoring.md): a valid structure whose think or answer block is the prompt's
+   docs/decisions/reward-scoring.md): a valid structure whose think or answer block is the prompt's
    placeholder text or a near copy of a fixed part of the prompt (``<think> reasoning process here
    </think> <answer> answer here </answer>``). *Rule:* the ``template_echo`` flag of
    :mod:`medrlvr.reward` is raised.

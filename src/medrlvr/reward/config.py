@@ -123,4 +123,4 @@ SHAPED_NO_LETTER = -0.1
 """``shaped``: a well-formed response whose answer holds no option letter (e.g. the template's own
 ``<answer> answer here </answer>``). Between the invalid band (<= -0.25) and a wrong letter (0): a letterless
 answer, a template copy included, scores below a wrong letter, not equal to it as under the paper's reward
-(evidence: docs/notes/reward-scoring.md)."""
+(evidence: docs/decisions/reward-scoring.md)."""

@@ -13,7 +13,7 @@ from medrlvr.reward.parse import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_O
 
 def _non_space_len(s: str) -> int:
     # str.split() splits on exactly the characters str.isspace() accepts; C speed, on the scoring's hot path
-    # (evidence: docs/notes/reward-scoring.md)
+    # (evidence: docs/decisions/reward-scoring.md)
     return len("".join(s.split()))
 
 

@@ -15,7 +15,7 @@ What makes it fast, compared with transformers ``generate`` (see ``bench/rollout
   default for bf16, opt-in for fp32 (``attn_kernel=True``). Without a compiler, with
   ``MEDRLVR_FAST_KERNELS=0`` or a head dim that is not a multiple of 16, the PyTorch path runs. The linear
   layers stay with oneDNN. ``bench/rollout.py throughput --kernel-ab`` times the kernel against the PyTorch
-  path side by side (evidence: docs/notes/fast-engine.md).
+  path side by side (evidence: docs/decisions/fast-engine.md).
 * the prompts admitted together are prefilled in ONE packed forward (their tokens stacked as rows, so
   the linear layers see them all at once; attention stays within each prompt), and each prompt's
   key/value cache is shared by the ``n`` samples of its group:
@@ -251,7 +251,7 @@ class FastEngine:
     of ``generate``). ``batch_size``: most
     rows decoded together; the ``n`` samples of a prompt share one slot of ``n`` rows. ``prepack``: pre-pack the
     weights for oneDNN once per call (``None`` = on CPU when oneDNN is available: faster fp32 decoding, greedy
-    tokens still equal to ``generate``'s; evidence: docs/notes/fast-engine.md).
+    tokens still equal to ``generate``'s; evidence: docs/decisions/fast-engine.md).
     ``num_threads``: torch threads while generating; ``None`` = choose between torch's thread count and 1 by
     measured speed (restored after the call). ``attn_kernel``: the fused decode-attention kernel (``None`` =
     for bf16; fp32 keeps transformers' arithmetic unless ``True``); :attr:`kernel_note` says why it is not

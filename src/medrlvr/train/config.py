@@ -32,20 +32,25 @@ class TrainConfig:
     autocast_bf16: bool | str = False
     """Run training forward/backward under CPU/CUDA bf16 autocast: ``true``, ``false`` or ``auto`` (on only
     where bf16 is native, :func:`medrlvr.hardware.fast_bf16`: CUDA sm80+, AVX512-BF16/AMX CPUs; on an
-    AVX2-only CPU bf16 matmuls are many times slower than fp32; evidence: docs/notes/bf16-and-hardware.md)."""
+    AVX2-only CPU bf16 matmuls are many times slower than fp32; evidence: docs/decisions/bf16-and-hardware.md)."""
     lora: bool = False
     """Train a LoRA adapter (peft) instead of all weights; the reference is the adapter disabled."""
     lora_r: int = 16
+    """LoRA rank (with ``lora``)."""
     lora_alpha: int = 32
+    """LoRA scaling alpha (with ``lora``)."""
     critic: str = "separate"
     """PPO critic: ``separate`` (a copy of the policy trunk + scalar head, OpenRLHF style) or ``shared``."""
     seed: int = 0
+    """Seeds the data order, option shuffles, sampling and initialisation: a run is reproducible from it."""
 
     # --- data ---------------------------------------------------------------------------------
     train_data: str = "starter:train"
     """A benchmark name (``medqa:dev``), a file (generic loader with ``columns``) or ``hub:ID``."""
     eval_data: str = "starter:test"
+    """Held-out questions for the evaluations (same forms as ``train_data``)."""
     data_root: str | None = None
+    """Folder of the named benchmarks (None: ``$MEDRLVR_DATA_ROOT``, else ``../shared/data``)."""
     columns: str | None = None
     """Column map for a generic train/eval file (see :mod:`medrlvr.data.loaders`)."""
     eval_limit: int = 64
@@ -60,6 +65,8 @@ class TrainConfig:
 
     # --- prompt and reward -----------------------------------------------------------------------
     template: str = "r1-zero"
+    """Prompt template: ``r1-zero`` (the paper's text prompt), ``chat`` (the same through the tokenizer's chat
+    template) or ``direct`` (see :mod:`medrlvr.prompts`)."""
     prefill_think: bool = True
     """End the prompt with ``<think>`` (the reward sees ``<think>`` + completion)."""
     reward_scheme: str = "paper"
@@ -76,11 +83,17 @@ class TrainConfig:
     engine: str = "hf"
     """Rollout engine: ``hf`` (transformers generate, the reference) or ``fast``."""
     prompts_per_step: int = 4
+    """Questions per training step: the global batch, split over processes."""
     samples_per_prompt: int = 4
+    """Completions sampled per question (a GRPO group)."""
     max_new_tokens: int = 128
+    """Most tokens a training completion may have."""
     temperature: float = 1.0
+    """Sampling temperature of the training rollouts."""
     top_p: float = 1.0
+    """Nucleus sampling of the training rollouts (1.0: off)."""
     stop: tuple[str, ...] = ("</answer>",)
+    """Strings that end a completion (kept in it)."""
 
     share_prompt: bool = True
     """Training forwards run each group's prompt once and its responses on the repeated KV cache
@@ -90,27 +103,37 @@ class TrainConfig:
     algo: str = "grpo"
     """``ppo`` (critic + GAE, the paper), ``grpo`` (Shao et al. 2024), ``dr_grpo`` (Liu et al. 2025), ``rloo``."""
     ppo_epochs: int = 1
+    """Passes over each rollout batch."""
     mini_batch_size: int = 0
     """Samples per optimizer step inside a PPO epoch (0 = the whole rollout batch: one update per epoch)."""
     micro_batch_size: int = 4
     """Samples per forward/backward (gradient accumulation up to the mini-batch)."""
     lr: float = 1e-6
+    """Policy learning rate (AdamW)."""
     critic_lr: float = 5e-6
     """TinyZero/OpenRLHF PPO defaults: actor 1e-6, critic 1e-5 (here 5e-6)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
     lr_schedule: str = "constant"
     """``constant``, ``linear`` (to 0 at max_steps) or ``cosine``, after warm-up."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
     clip_low: float = 0.2
+    """PPO clip range below 1 (ratio floor 1 - clip_low)."""
     clip_high: float = 0.2
     """PPO clip range; clip_high > clip_low is DAPO's clip-higher."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages (Ye et al. 2020); None disables."""
     value_clip: float | None = 0.2
+    """PPO critic value clipping around the old values; None disables."""
     vf_coef: float = 0.5
+    """Weight of the critic's value loss (``critic: shared``; a separate critic has its own optimizer)."""
     gamma: float = 1.0
+    """GAE discount."""
     lam: float = 1.0
     """GAE(gamma, lambda); 1.0/1.0 as in TinyZero's PPO defaults for outcome rewards."""
     kl_coef: float = 0.001
@@ -118,21 +141,28 @@ class TrainConfig:
     kl_mode: str = "reward"
     """``reward``: -beta*KL folded into per-token rewards (PPO, the paper); ``loss``: KL term in the loss (GRPO)."""
     kl_estimator: str = "k1"
+    """KL estimator: ``k1``, ``k2``, ``k3``, ``low_var_kl`` (k3 clamped) or ``abs``."""
     loss_agg: str = "token-mean"
+    """How token losses become one loss: ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
+    ``seq-mean-token-sum-norm`` (Dr. GRPO)."""
     entropy_coef: float = 0.0
+    """Weight of the entropy bonus in the policy loss (0: none)."""
     dynamic_sampling: bool = False
     """Drop prompt groups whose rewards are all equal and refill from the data (DAPO)."""
     max_refill_rounds: int = 2
+    """With ``dynamic_sampling``: most extra rounds of sampling a step draws to refill dropped groups."""
     grpo_eps: float = 1e-6
+    """GRPO: added to the group's reward std before dividing."""
 
     # --- loop ---------------------------------------------------------------------------------
     max_steps: int = 10
+    """Training steps (a step is one rollout batch and its updates)."""
     stop_answered: float = 0.0
     """Stop before ``max_steps`` once at least this share of a step's samples are well-formed and name an
     option letter, for ``stop_patience`` steps in a row (0 = off; the metrics row of that step has
     ``stopped_early``; it is then evaluated, checkpointed and saved like the last step). For a model without the
     domain's knowledge the reward teaches the format and the letters and nothing after that: further steps
-    only drift its letter preference (evidence: docs/notes/cpu-demo-preset.md)."""
+    only drift its letter preference (evidence: docs/decisions/cpu-demo-preset.md)."""
     stop_patience: int = 3
     """Consecutive steps at ``stop_answered`` before stopping."""
     eval_every: int = 0
@@ -153,6 +183,7 @@ class TrainConfig:
     sample_every: int = 1
     """Write every completion of every N-th step to samples.jsonl."""
     rank: int = 0
+    """Global rank of this process (set from torchrun's environment, as ``world_size``)."""
     world_size: int = 1
     """Set from torchrun's environment when the trainer starts (:func:`medrlvr.train.distributed.init`)."""
     parallel: str = "ddp"

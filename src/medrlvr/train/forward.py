@@ -113,7 +113,7 @@ def _repeat_first_row(cache, n: int, device) -> None:
     """Make every layer of ``cache`` hold ``n`` copies of its first row (the prompt's keys and values). An
     ``expand`` where the cache's layers expose ``keys``/``values`` (transformers 5.x): its backward is a sum,
     where ``batch_select_indices``' is an accumulating index_put, slow on the CPU and called many times an
-    update (evidence: docs/notes/update-step.md); older caches use ``batch_select_indices``."""
+    update (evidence: docs/decisions/update-step.md); older caches use ``batch_select_indices``."""
     layers = getattr(cache, "layers", None)
     if layers and all(hasattr(l, "keys") and hasattr(l, "values") for l in layers):
         for l in layers:
@@ -130,7 +130,7 @@ def _shared_prompt_hidden(trunk, batch: PackedBatch) -> torch.Tensor:
     length buckets (:func:`plan_buckets`: a group of 128-, 128-, 22- and 10-token responses runs as 2 x 127
     + 2 x 21 tokens instead of 4 x 127); between buckets the cache is cropped back to the prompt. Every token
     of the batch is embedded in one call, so the backward builds one dense (vocabulary x H) embedding
-    gradient instead of one per trunk call (each 49k x 576 at SmolLM2; evidence: docs/notes/update-step.md)."""
+    gradient instead of one per trunk call (each 49k x 576 at SmolLM2; evidence: docs/decisions/update-step.md)."""
     dev = batch.input_ids.device
     B, Tr = batch.labels.shape
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -204,7 +204,7 @@ def response_logprobs(model, batch: PackedBatch, temperature: float = 1.0, with_
     rows = chunk * max(1, B)
     # the log-softmax and entropy walk the head's output in pieces of ~12 MiB of float32 (64 positions at a 49k
     # vocabulary): one big piece is slower, its temporaries page-fault on every allocation
-    # (evidence: docs/notes/update-step.md)
+    # (evidence: docs/decisions/update-step.md)
     lps, ents = [], []
     for s in range(0, hs.shape[0], rows):
         logits = head(hs[s:s + rows])

@@ -456,7 +456,7 @@ class Trainer:
     def _check_finite_weights(self) -> None:
         """Stop (never checkpoint) when an update left a non-finite weight; the last checkpoint stays good.
         One sum per tensor first (a NaN or inf anywhere makes the total non-finite; far cheaper than an
-        element-wise test, evidence: docs/notes/update-step.md); only then the exact test, which names
+        element-wise test, evidence: docs/decisions/update-step.md); only then the exact test, which names
         the weight (and clears a finite total that overflowed)."""
         mods = [self.policy] + ([self.critic] if self.critic is not None else [])
         local = [(name, p.to_local() if hasattr(p, "to_local") else p)                    # FSDP2: this rank's shard
