@@ -1,6 +1,7 @@
 """MkDocs hooks: the pages and tables of the site that are generated, so that they cannot drift.
 
-``on_files`` adds three pages that exist only in the built site:
+``on_files`` generates three pages (the files of the same name in the repository are stubs that say so, for a
+reader browsing the sources):
 
 * ``reference/cli.md``: every ``medrlvr`` command and option, walked from :func:`medrlvr.cli.build_parser` (a
   command added to the parser appears without an edit here);
@@ -9,7 +10,7 @@
   entries;
 * ``reference/api.md``: one mkdocstrings section per public module of ``src/medrlvr``.
 
-``on_page_markdown`` replaces each ``<!-- generated: NAME [ARG] -->`` marker in a page with the table NAME builds
+``on_page_markdown`` replaces each ``<!-- generated: NAME [ARG] -->`` line in a page with the table NAME builds
 from the code or from a results file under ``docs/`` (:data:`MARKERS`); an unknown marker stops the build.
 """
 
@@ -32,7 +33,7 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:  # a clean clone builds without installing the package
     sys.path.insert(0, str(SRC))
 
-MARKER = re.compile(r"<!--\s*generated:\s*([\w-]+)\s*([^>]*?)\s*-->")
+MARKER = re.compile(r"^<!--\s*generated:\s*([\w-]+)\s*([^>]*?)\s*-->$", re.M)  # a marker is a line of its own
 
 # (class, module, anchor prefix, key prefix in a run's config, where the keys are set)
 CONFIGS = (
@@ -346,6 +347,9 @@ def on_files(files, config):
     from mkdocs.structure.files import File
 
     for uri, make in GENERATED.items():
+        stub = files.get_file_from_path(uri)  # the file in the repository says where the real page comes from
+        if stub is not None:
+            files.remove(stub)
         files.append(File.generated(config, uri, content=make()))
     return files
 
