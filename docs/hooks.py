@@ -260,6 +260,12 @@ def _verl_mapping(_arg: str) -> str:
     return mapping_table()
 
 
+def _openrlhf_launch(_arg: str) -> str:
+    from medrlvr.integrations.openrlhf import LAUNCH
+
+    return "```bash\n" + LAUNCH + "\n```"
+
+
 def _smollm2_eval(_arg: str) -> str:
     from medrlvr.eval.compare import comparison_table, load_runs
 
@@ -318,6 +324,7 @@ def _presets(_arg: str) -> str:
 
 MARKERS = {
     "verl-mapping": _verl_mapping,
+    "openrlhf-launch": _openrlhf_launch,
     "smollm2-eval": _smollm2_eval,
     "results": _results,
     "scaling": _scaling,

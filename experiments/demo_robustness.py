@@ -22,7 +22,7 @@ times depend on the machine's load: say what else ran.
 ``--tail K`` (0 = off) also draws K answers per held-out question from each final model at the demo's
 evaluation temperature with ``experiments/heldout_tail.py`` (before its weights are deleted) and adds a column with the
 template-echo count of those answers and a 95% Wilson interval of its rate: "echo 0" over 4 answers per question
-passes or fails by chance for a model that echoes a few times in a thousand (README, the demo section). The
+passes or fails by chance for a model that echoes a few times in a thousand (docs/results/demo-robustness.md). The
 criteria are unchanged; the column is evidence next to them.
 """
 

@@ -1,6 +1,6 @@
 """experiments/demo_robustness.py and experiments/heldout_tail.py plumbing on the tiny model (the real runs take
-minutes each: README, the demo section). One demo run of one step in a subprocess, its tail drawn, the table read
-back."""
+minutes each: docs/results/demo-robustness.md). One demo run of one step in a subprocess, its tail drawn, the table
+read back."""
 
 import importlib.util
 import json
@@ -44,7 +44,7 @@ def test_robustness_run_with_tail_tiny(tmp_path):
 def test_wilson_interval():
     w = _load("heldout_tail").wilson
     lo, hi = w(0, 1024)
-    assert lo == 0 and 0.0036 < hi < 0.0038           # the 0.37% upper bound of the README's table
+    assert lo == 0 and 0.0036 < hi < 0.0038           # the 0.37% upper bound of the echo-tail table (docs/results)
     lo, hi = w(1, 128)
     assert lo < 1 / 128 < hi and w(0, 0) == (0.0, 1.0)
 

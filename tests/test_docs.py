@@ -5,9 +5,9 @@ Commands are read from fenced code blocks and inline code spans of README.md and
 docs/ (the generated pages are made from the parser itself). A command line is ``medrlvr ...``, optionally after
 ``$ `` or environment assignments, or the part after ``-m medrlvr`` (torchrun, python -m); backslash continuations
 are joined, ``#`` comments dropped and the line cut at ``&&``, ``;`` or ``|``. A line is a *synopsis*, not a
-command, and is skipped when it holds a placeholder: an alternative ``a|b`` outside quotes, ``[optional]`` brackets,
-``...``, an upper-case word as the sub-command (``medrlvr COMMAND --help``) or an upper-case ``KEY=VALUE``; every other line must parse with
-:func:`medrlvr.cli.build_parser`. An inline span may name a command without its required arguments (``medrlvr
+command, and is skipped when it holds a placeholder: an alternative ``a|b`` outside quotes, ``[optional]``
+brackets, ``...``, an upper-case word as the sub-command (``medrlvr COMMAND --help``) or an upper-case
+``KEY=VALUE``; every other line must parse with :func:`medrlvr.cli.build_parser`. An inline span may name a command without its required arguments (``medrlvr
 eval --mode cot`` in a sentence): only "the following arguments are required" is forgiven there; an unknown
 command, option or value still fails.
 """

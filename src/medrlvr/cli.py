@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: accept a changed config KEY (repeatable; recorded in config_changes.jsonl)")
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this node: starts torchrun (torch.distributed.run); "
-                        "multi-node: call torchrun yourself (README, Distributed training)")
+                        "multi-node: call torchrun yourself (docs/guides/distributed.md)")
     _data_root_arg(t)
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.set_defaults(func=cmd_train)

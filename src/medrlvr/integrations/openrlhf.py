@@ -112,5 +112,5 @@ LAUNCH = """ray job submit --address="http://127.0.0.1:8265" -- python3 -m openr
   --micro_rollout_batch_size 16 --prompt_max_len 1024 --generate_max_len 1024 --temperature 1.0 \\
   --eps_clip 0.2 --value_clip 0.5 --kl_estimator k1 --gamma 1 --lambd 1 \\
   --max_epochs 1 --num_episodes 25 --bf16 --gradient_checkpointing --save_path ckpt/medrlvr-ppo"""
-"""The documented PPO launch (README): flag names read in OpenRLHF's ``openrlhf/cli/train_ppo_ray.py`` argument
-parser (not run: OpenRLHF needs GPUs and DeepSpeed)."""
+"""The documented PPO launch (docs/guides/verl.md): flag names read in OpenRLHF's
+``openrlhf/cli/train_ppo_ray.py`` argument parser (not run: OpenRLHF needs GPUs and DeepSpeed)."""

@@ -50,7 +50,8 @@ A = "actor_rollout_ref.actor"
 R = "actor_rollout_ref.rollout"
 
 
-# TrainConfig field -> (verl key(s), note). The README table is generated from this dict (mapping_table()).
+# TrainConfig field -> (verl key(s), note). The table in docs/guides/verl.md is generated from this dict
+# (mapping_table()).
 FIELD_MAP: dict[str, tuple[str, str]] = {
     "model": ("actor_rollout_ref.model.path, critic.model.path", "aliases resolved to a local directory"),
     "dtype": (f"{A}.fsdp_config.model_dtype", "fp32 / bf16 master weights"),
