@@ -99,7 +99,7 @@ def _option_row(parser: argparse.ArgumentParser, action: argparse.Action) -> str
     else:
         name = f"`{action.metavar or action.dest}`"
     if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
-        value = " \\| ".join(f"`{c}`" for c in action.choices)
+        value = ", ".join(f"`{c}`" for c in action.choices)
     elif action.nargs == 0:
         value = "flag"
     else:
@@ -278,8 +278,8 @@ def _results(arg: str) -> str:
     from medrlvr.eval.results import results_markdown
 
     res = json.loads((DOCS / "results" / arg / "results.json").read_text(encoding="utf-8"))
-    lines = results_markdown(res).splitlines()[1:]  # the page gives its own title
-    return "\n".join("###" + x[1:] if x.startswith("## ") else x for x in lines)
+    lines = results_markdown(res).splitlines()[1:]  # the page gives its own title; sections as bold lines
+    return "\n".join(f"**{x[3:]}**" if x.startswith("## ") else x for x in lines)
 
 
 def _scaling(_arg: str) -> str:
