@@ -54,7 +54,7 @@ demo: install
 # The documentation site (mkdocs.yml; docs/hooks.py generates the reference pages) into site/, which git ignores.
 # --strict: a broken link, a missing page or a failed generator fails the build.
 docs: install
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python bench/rollout.py throughput
