@@ -42,7 +42,8 @@ CONFIGS = (
     ("MonitorConfig", "medrlvr.monitor", "monitor-", "monitor.",
      "the `monitor:` section of a run's config (`monitor: {entropy_min: 0.05}`) or `monitor.KEY=VALUE` overrides"),
     ("EvalConfig", "medrlvr.eval.benchmark", "eval-", "",
-     "`medrlvr.eval.evaluate(model, tokenizer, benchmarks, EvalConfig(...))`; `medrlvr eval` sets them from its flags"),
+     "`medrlvr.eval.benchmark.evaluate(model, tokenizer, benchmarks, EvalConfig(...))`; `medrlvr eval` sets them "
+     "from its flags"),
     ("SFTConfig", "medrlvr.sft", "sft-", "",
      "`medrlvr.sft.SFTConfig(...)`; `medrlvr sft` sets the ones named in brackets from its flags"),
     ("RewardConfig", "medrlvr.reward.config", "reward-", "",
