@@ -50,6 +50,7 @@ from medrlvr.analysis.stages import (
     segments,
     stage_distribution,
 )
+from medrlvr.eval.compare import curves_plot
 from medrlvr.monitor import MONITORS, Alert, monitor_config_of, replay
 from medrlvr import rundir
 from medrlvr.rundir import read_jsonl
@@ -650,6 +651,7 @@ def build_report(
         "stages": "stages.png",
         "hack": "hacking.png",
         "letters": "letters.png",
+        "curves": "passk_curves.png",
     }
     for n in names.values():
         (out_dir / n).unlink(missing_ok=True)
@@ -659,6 +661,8 @@ def build_report(
         "stages": _plot_stages(dist, out_dir / names["stages"]) if dist else None,
         "hack": _plot_hacking(rates, out_dir / names["hack"]) if rates else None,
         "letters": _plot_letters(letters, out_dir / names["letters"]) if letters else None,
+        "curves": curves_plot([(src_, d) for src_, d in results if "__error__" not in d],
+                              out_dir / names["curves"]),
     }
     if not dist:
         notes.append("stage distribution and hacking-rate charts: no samples")
@@ -713,6 +717,9 @@ def build_report(
                  else "<p>(no samples with a predicted letter)</p>")
     parts.append("<h2>Evaluation</h2>")
     parts.append(eval_html or "<p>(no results.json)</p>")
+    if charts["curves"]:
+        parts.append("<h3>pass@k and maj@k against random guessing</h3>")
+        parts.append(_img(charts["curves"], "pass@k and maj@k vs k, with the random-guessing curves"))
     parts.append("<h2>Samples</h2>")
     if samples:
         picked = _pick_samples(samples, stages, [f["flags"] for f in feats], max_samples)

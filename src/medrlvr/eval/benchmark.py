@@ -53,7 +53,8 @@ import numpy as np
 
 from medrlvr.data import BENCHMARKS, MCQ, MCQSet, shuffle_options
 from medrlvr.eval.results import results_markdown, write_results
-from medrlvr.eval.stats import bootstrap_ci, doubling_ks, majority_at_k, pass_at_k, random_baseline
+from medrlvr.eval.stats import (bootstrap_ci, doubling_ks, guessing_majority_at_k, guessing_pass_at_k, majority_at_k,
+                                pass_at_k, random_baseline)
 from medrlvr.records import LETTERS
 
 MODES = ("cot", "direct", "loglik")
@@ -284,6 +285,19 @@ def _accuracy_block(scores: list[float], n_resamples: int, seed: int) -> dict:
             "n": len(scores)}
 
 
+def k_curves(n_correct: Sequence[int], answers: Sequence[Sequence[str | None]], gold: Sequence[str],
+             n_options: Sequence[int], K: int) -> dict[str, list]:
+    """pass@k and maj@k for every k = 1..K (the unbiased estimators over the K samples of each question) beside
+    what a uniform random guesser reaches (:func:`~medrlvr.eval.stats.guessing_pass_at_k`,
+    :func:`~medrlvr.eval.stats.guessing_majority_at_k`): ``{"k", "pass", "pass_guess", "maj", "maj_guess"}``,
+    lists of equal length, as ``results.json`` carries them under ``curves``."""
+    ks = list(range(1, K + 1))
+    return {"k": ks, "pass": [pass_at_k(n_correct, K, k) for k in ks],
+            "pass_guess": [guessing_pass_at_k(n_options, k) for k in ks],
+            "maj": [float(np.mean([majority_at_k(a, g, k) for a, g in zip(answers, gold)])) for k in ks],
+            "maj_guess": [guessing_majority_at_k(n_options, k) for k in ks]}
+
+
 def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dict], mode: str, n_shuffles: int = 0,
                       n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """All metrics of one benchmark from its saved rows (keyed by (id, variant))."""
@@ -318,6 +332,8 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
         out["maj_at_k"] = {str(k): float(np.mean([majority_at_k([_answer(s, mode) for s in row["samples"]],
                                                                 row["gold"], k) for row in main]))
                            for k in doubling_ks(K)}
+        out["curves"] = k_curves(ncor, [[_answer(s, mode) for s in row["samples"]] for row in main],
+                                 [row["gold"] for row in main], [r.n_options for r in records], K)
     # subsets
     groups: dict[str, list[float]] = {}
     for row, sc in zip(main, scores):
@@ -348,6 +364,98 @@ def benchmark_metrics(records: Sequence[MCQ], rows: Mapping[tuple[str, int], dic
         out["consistency"]["rate"] = out["consistency"].pop("accuracy")
         out["accuracy_all_orders"] = float(np.mean(acc_all)) if acc_all else None
     return out
+
+
+
+def score_records(model, tokenizer, bench: str, records: Sequence[MCQ], rows: dict, engine_state: dict, *,
+                  mode: str, template: str, prefill_think: bool, n_samples: int, temperature: float,
+                  max_new_tokens: int, seed: int, scheme: str, batch_size: int, max_batch_tokens: int | None,
+                  scoring_dtype: str = "auto", n_shuffles: int = 0, progress: bool = True, write=None,
+                  desc: str | None = None) -> tuple[int, int]:
+    """Answer every (question, option order) of ``records`` not yet in ``rows`` and add its row to ``rows``.
+
+    The machinery of :func:`evaluate`, shared with ``medrlvr data difficulty``: fixed length-sorted batches
+    over the whole list with one sampling seed per batch (so a partly saved batch is recomputed whole and the
+    result equals an uninterrupted run's), a rollout engine (``engine_state["engine"]``: a name or an object;
+    the engine made is cached in ``engine_state["eng"]``, its name in ``engine_state["name"]``) or the loglik
+    forward, and, under torchrun, batches ``rank::world`` per rank gathered on every rank at the end.
+    ``write(list of (key, row))`` is called on rank 0 after each batch with its new rows, and once more with
+    the other ranks' rows after the gather; a tqdm bar (with its ETA) on stderr when ``progress``.
+    Returns ``(questions computed, tokens: prompt tokens for loglik, generated tokens otherwise)``."""
+    import torch
+
+    from medrlvr.prompts import render, response_prefix
+    from medrlvr.train.distributed import gather_objects, rank_world
+
+    rank, world = rank_world()
+    prefix = response_prefix(template, prefill_think) if mode == "cot" else ""
+    items: list[_Item] = []
+    for r in records:
+        for v in range(n_shuffles + 1):
+            shown = r if v == 0 else shuffle_options(r, seed * 1000 + v)
+            prompt = render(shown, template, tokenizer, prefill_think)
+            items.append(_Item(shown, r, v, prompt, []))
+    for it in items:
+        it.ids = encode(tokenizer, it.prompt)
+    # fixed batches over the full list, longest first (deterministic given the questions)
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i].ids), i))
+    items = [items[i] for i in order]
+    if mode == "loglik":
+        chunks = length_batches(items, batch_size, max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+    else:
+        chunks = length_batches(items, batch_size, None)
+    todo = [c for c in chunks if any(it.key not in rows for it in c)]
+    n_todo = sum(1 for c in todo for it in c if it.key not in rows)
+    n_tok = 0
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), initial=len(items) - n_todo, desc=desc or f"eval {bench} ({mode})",
+                   unit="q", dynamic_ncols=True, file=sys.stderr)
+    computed: list = []
+    try:
+        for chunk in todo[rank::world]:
+            if mode == "loglik":
+                with torch.inference_mode(), _scoring_autocast(model, scoring_dtype):
+                    lps = _loglik_batch(model, tokenizer, chunk)
+                new = [_row_from_loglik(it, lp) for it, lp in zip(chunk, lps)]
+                n_tok += sum(len(it.ids) for it in chunk)
+            else:
+                if engine_state.get("eng") is None:
+                    engine_state["eng"], engine_state["name"] = _make_engine(engine_state["engine"], model, tokenizer)
+                from medrlvr.rollout import SamplingParams
+
+                stop = ("</answer>",) if mode == "cot" else ("\n",)
+                params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
+                                        seed=_seed_of(seed, bench, chunk[0].base.id, chunk[0].variant))
+                groups = engine_state["eng"].generate([it.prompt for it in chunk], n_samples, params)
+                new = [_score_generation(it, comps, mode, prefix, scheme) for it, comps in zip(chunk, groups)]
+                n_tok += sum(len(c.token_ids) for g in groups for c in g)
+            fresh = []
+            for it, row in zip(chunk, new):
+                if it.key in rows:     # saved by an interrupted run: keep it
+                    continue
+                rows[it.key] = row
+                computed.append((it.key, row))
+                fresh.append((it.key, row))
+            if write is not None and rank == 0 and fresh:
+                write(fresh)
+            if bar is not None:
+                bar.update(len(fresh))
+    finally:
+        if bar is not None:
+            bar.close()
+    if world > 1:  # every rank's rows to every rank; rank 0 writes the others'
+        others = []
+        for part in gather_objects(computed):
+            for key, row in part:
+                if tuple(key) not in rows:
+                    rows[tuple(key)] = row
+                    others.append((tuple(key), row))
+        if write is not None and rank == 0 and others:
+            write(others)
+    return n_todo, n_tok
 
 
 # ------------------------------------------------------------------------------------------ main API
@@ -504,16 +612,14 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     if limit is not None:
         sets = {k: v[:limit] for k, v in sets.items()}
 
-    from medrlvr.prompts import render, response_prefix
-
     cfg = {"model": model_name, "mode": mode, "template": template,
            "prefill_think": prefill_think if mode == "cot" else None, "n_samples": n_samples,
            "temperature": temperature, "max_new_tokens": max_new_tokens if mode != "loglik" else None,
            "seed": seed, "scheme": scheme if mode == "cot" else None}
     out_dir = Path(output_dir) if output_dir is not None else None
-    from medrlvr.train.distributed import barrier, gather_objects, rank_world
+    from medrlvr.train.distributed import barrier, rank_world
 
-    rank, world = rank_world()  # under torchrun: rank r generates batches r, r + world, ...; rank 0 writes
+    rank, _world = rank_world()  # under torchrun: rank r generates batches r, r + world, ...; rank 0 writes
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         cpath = out_dir / CONFIG_FILE
@@ -533,8 +639,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    eng, eng_name = None, engine if isinstance(engine, str) else None
-    prefix = response_prefix(template, prefill_think) if mode == "cot" else ""
+    engine_state: dict[str, Any] = {"engine": engine, "eng": None,
+                                     "name": engine if isinstance(engine, str) else None}
     t_start = time.perf_counter()
     timing: dict[str, dict] = {}
     results: dict[str, Any] = {}
@@ -547,77 +653,22 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                 raise ValueError(f"{bench}: duplicate question ids")
             cpath = out_dir / f"{_slug(bench)}.completions.jsonl" if out_dir is not None else None
             rows = read_rows(cpath) if cpath is not None else {}
-            items: list[_Item] = []
-            for r in records:
-                for v in range(n_shuffles + 1):
-                    shown = r if v == 0 else shuffle_options(r, seed * 1000 + v)
-                    prompt = render(shown, template, tokenizer, prefill_think)
-                    items.append(_Item(shown, r, v, prompt, []))
-            for it in items:
-                it.ids = encode(tokenizer, it.prompt)
-            # fixed batches over the full list, longest first (deterministic given the questions)
-            order = sorted(range(len(items)), key=lambda i: (-len(items[i].ids), i))
-            items = [items[i] for i in order]
-            if mode == "loglik":
-                chunks = length_batches(items, batch_size, max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
-            else:
-                chunks = length_batches(items, batch_size, None)
-            todo = [c for c in chunks if any(it.key not in rows for it in c)]
-            n_todo = sum(1 for c in todo for it in c if it.key not in rows)
-            t0 = time.perf_counter()
-            n_tok = 0
-            bar = None
-            if progress and rank == 0:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(items), initial=len(items) - n_todo, desc=f"eval {bench} ({mode})",
-                           unit="q", dynamic_ncols=True, file=sys.stderr)
             fh = open(cpath, "a", encoding="utf-8") if cpath is not None and rank == 0 else None
-            computed: list = []
-            try:
-                for chunk in todo[rank::world]:
-                    if mode == "loglik":
-                        with torch.inference_mode(), _scoring_autocast(model, scoring_dtype):
-                            lps = _loglik_batch(model, tokenizer, chunk)
-                        new = [_row_from_loglik(it, lp) for it, lp in zip(chunk, lps)]
-                        n_tok += sum(len(it.ids) for it in chunk)
-                    else:
-                        if eng is None:
-                            eng, eng_name = _make_engine(engine, model, tokenizer)
-                        from medrlvr.rollout import SamplingParams
 
-                        stop = ("</answer>",) if mode == "cot" else ("\n",)
-                        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
-                                                seed=_seed_of(seed, bench, chunk[0].base.id, chunk[0].variant))
-                        groups = eng.generate([it.prompt for it in chunk], n_samples, params)
-                        new = [_score_generation(it, comps, mode, prefix, scheme) for it, comps in zip(chunk, groups)]
-                        n_tok += sum(len(c.token_ids) for g in groups for c in g)
-                    fresh = 0
-                    for it, row in zip(chunk, new):
-                        if it.key in rows:     # saved by an interrupted run: keep it
-                            continue
-                        rows[it.key] = row
-                        computed.append((it.key, row))
-                        fresh += 1
-                        if fh is not None:
-                            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    if fh is not None:
-                        fh.flush()
-                    if bar is not None:
-                        bar.update(fresh)
+            def sink(new_rows, fh=fh):
+                for _key, row in new_rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.flush()
+
+            t0 = time.perf_counter()
+            try:
+                n_todo, n_tok = score_records(model, tokenizer, bench, records, rows, engine_state, mode=mode,
+                                              template=template, prefill_think=prefill_think, n_samples=n_samples,
+                                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                              scheme=scheme, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                              scoring_dtype=scoring_dtype, n_shuffles=n_shuffles, progress=progress,
+                                              write=sink if fh is not None else None)
             finally:
-                if fh is not None:
-                    fh.close()
-                if bar is not None:
-                    bar.close()
-            if world > 1:  # every rank's rows to every rank; rank 0 appends the others' to the file
-                fh = open(cpath, "a", encoding="utf-8") if cpath is not None and rank == 0 else None
-                for part in gather_objects(computed):
-                    for key, row in part:
-                        if tuple(key) not in rows:
-                            rows[tuple(key)] = row
-                            if fh is not None:
-                                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 if fh is not None:
                     fh.close()
             dt = time.perf_counter() - t0
@@ -641,7 +692,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     from medrlvr import __version__
 
     results["_meta"] = {**cfg, "n_shuffles": n_shuffles, "limit": limit, "bootstrap": bootstrap,
-                        "engine": eng_name if mode != "loglik" else None, "dtype": dtype,
+                        "engine": engine_state["name"] if mode != "loglik" else None, "dtype": dtype,
                         "scoring_dtype": (("bf16" if isinstance(_scoring_autocast(model, scoring_dtype), torch.autocast)
                                            else dtype) if mode == "loglik" else None),
                         "benchmarks": list(sets), "medrlvr_version": __version__,

@@ -9,6 +9,9 @@ directories holding one, directly or under ``eval/``), and writes to ``out_dir``
 * ``compare.png``: a bar chart (matplotlib, Agg backend): benchmarks grouped in-distribution |
   out-of-distribution, one bar per model, 95% CI whiskers, and the random-guess baseline as a
   dashed line over each benchmark;
+* ``curves.png`` (when a result has K > 1 samples per question): per benchmark, each model's pass@k and maj@k
+  for k = 1..K beside the random-guessing curves ``1 - (1 - 1/n)^k`` and ``1/n`` (:func:`curves_plot`; base vs
+  trained on one plot is Yue et al.'s reasoning-boundary figure, read against guessing on multiple choice);
 * ``compare.json``: the numbers behind both.
 
 A model's label is ``_meta.model`` of its results (a path is shortened to its last parts), else the
@@ -209,10 +212,58 @@ def comparison_plot(runs: list[tuple[str, dict]], path: str | os.PathLike, title
     return p
 
 
+def curves_plot(runs: list[tuple[str, dict]], path: str | os.PathLike, title: str | None = None) -> Path | None:
+    """Draw ``curves`` of each run's benchmarks (see :func:`medrlvr.eval.benchmark.k_curves`): one panel per
+    benchmark, a model's pass@k as a solid line and its maj@k dashed, in one colour, and the random guesser's
+    pass@k (dotted) and maj@k (dash-dot) in grey. Returns the PNG path, or ``None`` (nothing written) when no
+    result has curves (every evaluation had one sample per question)."""
+    benches = [b for b, _ in _benches(runs) if any(isinstance(r.get(b), dict) and r[b].get("curves")
+                                                    for _, r in runs)]
+    if not benches:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(benches))
+    rows = (len(benches) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, b in zip(axes.flat, benches):
+        guess = None
+        for i, (lab, res) in enumerate(runs):
+            c = res.get(b, {}).get("curves") if isinstance(res.get(b), dict) else None
+            if not c:
+                continue
+            col = colors[i % len(colors)]
+            ax.plot(c["k"], [100 * v for v in c["pass"]], "-o", ms=3, color=col, label=f"{lab} pass@k")
+            ax.plot(c["k"], [100 * v for v in c["maj"]], "--", color=col, label=f"{lab} maj@k")
+            if guess is None or len(c["k"]) > len(guess["k"]):
+                guess = c
+        ax.plot(guess["k"], [100 * v for v in guess["pass_guess"]], ":", color="gray", label="guessing pass@k")
+        ax.plot(guess["k"], [100 * v for v in guess["maj_guess"]], "-.", color="gray", label="guessing maj@k")
+        ax.set_title(b, fontsize=10)
+        ax.set_xlabel("k (samples per question)")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7, framealpha=0.8)
+    for ax in list(axes.flat)[len(benches):]:
+        ax.axis("off")
+    fig.suptitle(title or "pass@k and maj@k against random guessing")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
 def compare(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, labels: Sequence[str] | None = None,
             include_random: bool = True) -> dict[str, Path]:
-    """Build ``compare.md``, ``compare.png`` and ``compare.json`` in ``out_dir`` from result files or run
-    dirs; returns their paths (keys ``table``, ``plot``, ``json``)."""
+    """Build ``compare.md``, ``compare.png``, ``compare.json`` and (when a result has pass@k curves)
+    ``curves.png`` in ``out_dir`` from result files or run dirs; returns their paths (keys ``table``, ``plot``,
+    ``json``, ``curves``: None when no curve was drawn)."""
     if not paths:
         raise ValueError("compare needs at least one results.json or run directory")
     if labels is not None and len(labels) != len(paths):
@@ -224,7 +275,9 @@ def compare(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, labe
     (out / "compare.md").write_text(md, encoding="utf-8")
     (out / "compare.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     png = comparison_plot(runs, out / "compare.png")
-    return {"table": out / "compare.md", "plot": png, "json": out / "compare.json"}
+    (out / "curves.png").unlink(missing_ok=True)
+    curves = curves_plot(runs, out / "curves.png")
+    return {"table": out / "compare.md", "plot": png, "json": out / "compare.json", "curves": curves}
 
 
 def cmd_compare(a) -> int:
@@ -232,6 +285,8 @@ def cmd_compare(a) -> int:
     paths = compare(a.runs, a.out, labels=labels, include_random=not a.no_random)
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"table: {paths['table']}\nplot: {paths['plot']}")
+    if paths["curves"] is not None:
+        print(f"pass@k curves: {paths['curves']}")
     return 0
 
 

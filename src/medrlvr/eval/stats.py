@@ -1,4 +1,5 @@
-"""Statistics of evaluations: the one bootstrap interval, chance level, pass@k and maj@k.
+"""Statistics of evaluations: the one bootstrap interval, chance level, pass@k and maj@k, and the pass@k and
+maj@k a uniform random guesser reaches (the baseline a multiple-choice pass@k curve is read against).
 
 Pure functions of numbers (no model, no files), used by the benchmark evaluation, the demo's summary
 and the verl read-back alike, so that every interval in a report is computed the same way.
@@ -54,6 +55,25 @@ def pass_at_k(n_correct: Sequence[int], n: int, k: int) -> float:
     from medrlvr.algos import unbiased_pass_at_k   # here, not at the top: medrlvr.algos imports torch
 
     return float(np.mean([unbiased_pass_at_k(n, c, k) for c in n_correct])) if len(n_correct) else float("nan")
+
+
+def guessing_pass_at_k(n_options: Sequence[int], k: int) -> float:
+    """pass@k of a uniform random guesser, averaged over questions: ``mean(1 - (1 - 1/n)^k)`` over the
+    questions' option counts ``n``. With 4 options it is 0.25 at k=1 and 0.68 at k=4: a multiple-choice pass@k
+    at large k is read against this curve, not against 0."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = np.asarray(n_options, dtype=np.float64)
+    return float(np.mean(1.0 - (1.0 - 1.0 / n) ** k)) if n.size else float("nan")
+
+
+def guessing_majority_at_k(n_options: Sequence[int], k: int) -> float:
+    """maj@k of a uniform random guesser (ties broken uniformly, as :func:`majority_at_k`): ``mean(1/n)`` for
+    every k, since by symmetry each letter is equally likely to win the vote."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = np.asarray(n_options, dtype=np.float64)
+    return float(np.mean(1.0 / n)) if n.size else float("nan")
 
 
 def majority_at_k(answers: Sequence[str | None], gold: str, k: int) -> float:
