@@ -1,4 +1,5 @@
-"""``medrlvr data`` subcommands: ``stats``, ``validate``, ``show``, ``export``, ``contamination``.
+"""``medrlvr data`` subcommands: ``stats``, ``validate``, ``show``, ``export``, ``contamination``, ``difficulty``,
+``filter``.
 
 Sources are benchmark names (``NAME[:SPLIT]``), files (``.jsonl/.json/.csv/.parquet``, a nested JSON set as
 ``FILE.json:KEY``) or ``hub:ID``. ``--columns`` takes one column map for every file or one per file
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 from medrlvr.data.sources import columns_for_sources, load_any, load_sources
 
@@ -141,6 +143,104 @@ def cmd_data_contamination(a) -> int:
     return 0
 
 
+def _positive(kind):
+    """An argparse type: a number > 0 (``int`` or ``float``), else one line naming the value (exit 2)."""
+    def conv(text: str):
+        import argparse
+
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    return conv
+
+
+def cmd_data_difficulty(a) -> int:
+    import contextlib
+    import io
+
+    from medrlvr.data.difficulty import measure
+    from medrlvr.train.distributed import init_eval
+
+    if a.mode == "loglik" and a.k != 1:
+        raise ValueError("--mode loglik is deterministic: it measures the gold letter's probability, give --k 1")
+    if a.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {a.temperature}")
+    if a.mode == "cot" and a.k > 1 and a.temperature == 0:
+        raise ValueError(f"--temperature 0 with --k {a.k}: the {a.k} greedy answers would all be the same")
+    rank, _ = init_eval()   # torchrun --nproc-per-node N -m medrlvr data difficulty ...: batches sharded
+    with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
+        s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    records = s.records[: a.limit] if a.limit else s.records
+    import torch
+
+    from medrlvr.eval.benchmark import resolve_model_dir
+    from medrlvr.models import load_policy
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tok = load_policy(resolve_model_dir(a.model), a.dtype, seed=a.seed)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    loglik = a.mode == "loglik"
+    header = {"source": a.source, "model": a.model, "mode": a.mode, "k": a.k,
+              "temperature": 0.0 if loglik else a.temperature, "seed": a.seed,
+              "template": "direct" if loglik else a.template, "max_new_tokens": None if loglik else a.max_new_tokens,
+              "scheme": None if loglik else "paper"}
+    out = a.output or f"{Path(a.source).stem if Path(a.source).exists() else a.source.replace(':', '-')}" \
+                      f".difficulty.jsonl"
+    df = measure(model, tok, records, out, header, engine=a.engine, batch_size=a.batch_size,
+                 prefill_think=not a.no_prefill, progress=not a.quiet, overwrite=a.overwrite)
+    if rank:
+        return 0
+    from medrlvr.data.difficulty import decile_counts
+
+    rates = [df.entries[r.id]["pass_rate"] for r in records]
+    _print_deciles(decile_counts(rates))
+    print(f"wrote {len(rates)} question{'' if len(rates) == 1 else 's'} to {out} (mean pass rate "
+          f"{sum(rates) / len(rates):.3f}; {sum(v == 0 for v in rates)} never and {sum(v == 1 for v in rates)} "
+          f"always solved)")
+    return 0
+
+
+def _print_deciles(counts: list[int]) -> None:
+    total = max(1, sum(counts))
+    print("pass rate    questions")
+    for i, n in enumerate(counts):
+        hi = "1.0]" if i == 9 else f"{(i + 1) / 10:.1f})"
+        print(f"[{i / 10:.1f}, {hi:<5} {n:>6}  {'#' * round(40 * n / total)}")
+
+
+def cmd_data_filter(a) -> int:
+    from medrlvr.data.difficulty import check_source, decile_counts, filter_records, parse_band, read_difficulty
+
+    band = parse_band(a.keep)
+    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    df = read_difficulty(a.difficulty)
+    missing = check_source(df, s.records, a.source)
+    rates = df.rates()
+    res = filter_records(s.records, rates, band)
+    _print_deciles(decile_counts([rates[r.id] for r in s.records if r.id in rates]))
+    print(f"kept {len(res.kept)} of {len(s)} questions with a pass rate in [{band[0]:g}, {band[1]:g}]; dropped "
+          f"{res.below} below, {res.above} above" + (f", {len(missing)} not measured" if missing else ""))
+    if a.out:
+        from medrlvr.fileio import atomic_write_text
+
+        lines = []
+        for r in res.kept:
+            row = {k: v for k, v in r.meta.items() if k not in ("id", "question", "options", "answer_idx",
+                                                               "context", "duplicate_options")}
+            row = {"id": r.id, "question": r.question, "options": r.options, "answer_idx": r.gold,
+                   **({"context": r.context} if r.context else {}), **row}
+            lines.append(json.dumps(row, ensure_ascii=False))
+        atomic_write_text(a.out, "\n".join(lines) + "\n", label="filter")
+        print(f"wrote {len(lines)} question{'' if len(lines) == 1 else 's'} to {a.out}")
+    return 0
+
+
 def add_cli(sub) -> None:
     """Register ``data`` and its subcommands on an argparse ``subparsers`` object."""
     d = sub.add_parser("data", help="inspect, validate, render, export and compare question sets")
@@ -185,3 +285,36 @@ def add_cli(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--skip-invalid", action="store_true")
     c.set_defaults(func=cmd_data_contamination)
+    pos_int = _positive(int)
+    x = dsub.add_parser("difficulty", help="each question's pass rate over K samples of a model (JSONL, resumable)")
+    x.add_argument("source", help="benchmark name[:split] or a file")
+    _data_root_arg(x)
+    x.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    x.add_argument("--skip-invalid", action="store_true", help="measure the valid records, report the others")
+    x.add_argument("--model", required=True, help="smollm2-135m, tiny, a Hugging Face dir (or a run dir with final/)")
+    x.add_argument("--k", type=pos_int, required=True, help="samples per question (loglik: 1)")
+    x.add_argument("--mode", default="cot", choices=["cot", "loglik"],
+                   help="cot: correct answers of K samples; loglik: probability of the gold letter")
+    x.add_argument("--output", default=None, help="the difficulty file (default SOURCE.difficulty.jsonl); resumable")
+    x.add_argument("--limit", type=pos_int, default=None, help="first N questions")
+    x.add_argument("--temperature", type=float, default=1.0, help="cot sampling temperature (default 1.0)")
+    x.add_argument("--max-new-tokens", type=pos_int, default=512)
+    x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"])
+    x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--engine", default="fast", help="fast (falls back to hf for unsupported models) or hf")
+    x.add_argument("--batch-size", type=pos_int, default=None)
+    x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    x.add_argument("--threads", type=pos_int, default=None, help="torch CPU threads")
+    x.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming --output")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=cmd_data_difficulty)
+    f = dsub.add_parser("filter", help="keep the questions whose pass rate (a difficulty file) is in a band")
+    f.add_argument("source", help="benchmark name[:split] or a file (the one the difficulty file was made for)")
+    _data_root_arg(f)
+    f.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    f.add_argument("--skip-invalid", action="store_true")
+    f.add_argument("--difficulty", required=True, help="a file of `medrlvr data difficulty`")
+    f.add_argument("--keep", required=True, help="LOW:HIGH pass rates kept, both included (0.1:0.9, 1/8:7/8)")
+    f.add_argument("--out", default=None, help="write the kept questions as JSONL (loads with no column map)")
+    f.set_defaults(func=cmd_data_filter)
