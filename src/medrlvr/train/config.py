@@ -62,6 +62,18 @@ class TrainConfig:
     each sample its own). Each order, seeded by (run seed, step, question, order), is shown to
     ``samples_per_prompt / group_orders`` samples: a fixed letter, or copying the first option's text, can then
     no longer win a whole group. Costs shared-prompt work: each order is prefilled and trained as its own prompt."""
+    curriculum: str = "none"
+    """Which training questions are drawn, by their pass rate in ``difficulty_file`` (:mod:`medrlvr.data.difficulty`):
+    ``none`` (every question, the seeded order), ``filter`` (only those in the band ``curriculum_bands``: a group
+    the model always or never solves has zero advantage and teaches nothing), ``easy_to_hard`` (the band's
+    questions, each epoch from the highest pass rate down) or ``pools`` (bands with weights, each question drawn
+    from a pool picked by weight). Every step logs the pass rates of the questions drawn."""
+    difficulty_file: str | None = None
+    """A file of ``medrlvr data difficulty`` made for ``train_data`` (refused when its ids or content hashes do
+    not match); needed by every curriculum but ``none``."""
+    curriculum_bands: str = "0:1"
+    """``LOW:HIGH`` pass rates kept, both included (``filter``, ``easy_to_hard``; ``1/8:7/8`` drops the questions
+    solved by none or all of 8 samples), or weighted pools ``LOW:HIGH=W,...`` (``pools``)."""
 
     # --- prompt and reward -----------------------------------------------------------------------
     template: str = "r1-zero"
@@ -149,6 +161,10 @@ class TrainConfig:
     """Weight of the entropy bonus in the policy loss (0: none)."""
     dynamic_sampling: bool = False
     """Drop prompt groups whose rewards are all equal and refill from the data (DAPO)."""
+    dynamic_sampling_on: str = "reward"
+    """What must vary within a group for ``dynamic_sampling`` to keep it: ``reward`` (any reward difference,
+    format terms included: the signal while the format is being learned) or ``correct`` (the correctness: a
+    group of wrong answers that differ only in format is dropped, the signal once the format is learned)."""
     max_refill_rounds: int = 2
     """With ``dynamic_sampling``: most extra rounds of sampling a step draws to refill dropped groups."""
     grpo_eps: float = 1e-6
@@ -276,6 +292,7 @@ class TrainConfig:
             bad("reward_format_step", f"must be in [0, 1/3] (3 steps keep the band below 0), got {self.reward_format_step}")
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
+        _check_curriculum(self)
         from medrlvr.monitor import MonitorConfig
 
         MonitorConfig.from_mapping(self.monitor)
@@ -284,6 +301,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _check_curriculum(cfg: TrainConfig) -> None:
+    """``curriculum``, ``curriculum_bands``, ``difficulty_file`` and ``dynamic_sampling_on``, by key (the file
+    itself is read and checked against the training data when the trainer starts)."""
+    from medrlvr.data.difficulty import CURRICULA, parse_band, parse_pools
+
+    if cfg.dynamic_sampling_on not in ("reward", "correct"):
+        raise ValueError(f"config 'dynamic_sampling_on': must be reward or correct, got {cfg.dynamic_sampling_on!r}")
+    if cfg.curriculum not in CURRICULA:
+        raise ValueError(f"config 'curriculum': {cfg.curriculum!r} is not one of {CURRICULA}")
+    if cfg.curriculum != "none" and not cfg.difficulty_file:
+        raise ValueError(f"config 'difficulty_file': curriculum {cfg.curriculum!r} needs a file of "
+                         "`medrlvr data difficulty`")
+    try:
+        (parse_pools if cfg.curriculum == "pools" else parse_band)(cfg.curriculum_bands)
+    except ValueError as e:
+        raise ValueError(f"config 'curriculum_bands': {e}") from None
 
 
 def _check_types(cfg: TrainConfig) -> None:

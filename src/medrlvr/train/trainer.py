@@ -44,14 +44,14 @@ from medrlvr import algos, fileio, rundir
 from medrlvr.train import distributed, resume as resume_mod
 from medrlvr.train.forward import pack, response_logprobs, response_values
 from medrlvr.train.config import TrainConfig, save_config
-from medrlvr.data import load_any, shuffle_options
+from medrlvr.data import MCQ, load_any, shuffle_options
 from medrlvr.hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
 from medrlvr.models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from medrlvr.prompts import render
 from medrlvr.rollout import SamplingParams, make_engine
 from medrlvr.rundir import Sample, sample_line, write_alert
 from medrlvr.eval.heldout import DETAIL_KEYS, evaluate_policy
-from medrlvr.train.stream import PromptStream, score_completions
+from medrlvr.train.stream import score_completions, stream_for, uniform_groups
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -119,7 +119,9 @@ class Trainer:
         train = load_any(cfg.train_data, cfg.data_root, cfg.columns, split=None)
         ev = load_any(cfg.eval_data, cfg.data_root, cfg.columns, split=None)
         self.eval_records = ev.records[: cfg.eval_limit] if cfg.eval_limit else ev.records
-        self.stream = PromptStream(train.records, cfg.seed, cfg.shuffle_options)  # global: one seed orders the data
+        self.stream = stream_for(cfg, train.records)  # global: one seed orders the data (and the curriculum)
+        if self.stream.curriculum is not None and not quiet and cfg.rank == 0:
+            print(f"[medrlvr] {self.stream.curriculum.summary}", flush=True)
         self.engine = make_engine(cfg.engine, self.policy, self.tok)
         if self.par.sharded:
             self.engine.synced_gpus = True
@@ -200,10 +202,13 @@ class Trainer:
         n_groups = 0
         dropped = 0
         rounds = 0
+        uniform = {"reward": 0, "correct": 0}
+        drawn: list[MCQ] = []
         while True:
             need = cfg.prompts_per_step - (len(samples) // cfg.samples_per_prompt)
             lo, hi = distributed.shard_range(need, cfg.rank, cfg.world_size)  # this rank's share of the global batch
             recs = self.stream.take(need)[lo:hi]
+            drawn += recs
             seeds = tuple(distributed.prompt_seed(cfg.seed, self.step, n_groups + lo + i, rounds)
                           for i in range(len(recs)))
             k, n = cfg.group_orders, cfg.samples_per_prompt
@@ -217,17 +222,27 @@ class Trainer:
             new = score_completions(recs, prompts, groups, cfg, group_offset=n_groups + lo, reward_fn=self.reward_fn,
                                     group_size=k)
             n_groups += need
+            if cfg.dynamic_sampling:
+                for on in uniform:
+                    uniform[on] += len(uniform_groups(new, on))
             if cfg.dynamic_sampling and rounds < cfg.max_refill_rounds:
-                keep = {s.group for s in new} - {g for g in {s.group for s in new}
-                                                 if len({x.reward for x in new if x.group == g}) == 1}
-                dropped += len({s.group for s in new}) - len(keep)
-                new = [s for s in new if s.group in keep]
+                drop = uniform_groups(new, cfg.dynamic_sampling_on)
+                dropped += len(drop)
+                new = [s for s in new if s.group not in drop]
             samples.extend(new)
             rounds += 1
             if not cfg.dynamic_sampling or len(samples) >= cfg.rollout_batch or rounds > cfg.max_refill_rounds:
                 break
         samples = samples[: cfg.rollout_batch]
-        return samples, {"dropped_groups": dropped, "refill_rounds": rounds - 1}
+        info = {"dropped_groups": dropped, "refill_rounds": rounds - 1}
+        if cfg.dynamic_sampling:   # groups alike on each signal, before the drop: the format-only groups show here
+            info |= {"uniform_reward_groups": uniform["reward"], "uniform_correct_groups": uniform["correct"]}
+        if self.stream.curriculum is not None:   # the difficulty of the questions drawn this step
+            rates = [self.stream.curriculum.rates[r.id] for r in drawn if r.id in self.stream.curriculum.rates]
+            if rates:
+                info |= {"drawn_pass_rate_mean": sum(rates) / len(rates), "drawn_pass_rate_min": min(rates),
+                         "drawn_pass_rate_max": max(rates)}
+        return samples, info
 
     def _generate(self, prompts, n, params):
         """The rollout engine; under FSDP2 inside the root module's forward (parameters gathered)."""

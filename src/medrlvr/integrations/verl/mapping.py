@@ -132,6 +132,13 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "reward_echo": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "reward_format_step": ("(none)", "the reward file uses the scheme's default: only the default passes"),
     "group_orders": ("(none)", "verl samples a group from one prompt: only the default passes"),
+    "curriculum": ("(prepare)", "filter, easy_to_hard and pools are baked into train.parquet's question order, "
+                   "read in order (data.shuffle=False); verl's own data.sampler (a curriculum sampler class) is "
+                   "not used"),
+    "difficulty_file": ("(prepare)", "read by prepare for the curriculum"),
+    "curriculum_bands": ("(prepare)", "read by prepare for the curriculum"),
+    "dynamic_sampling_on": ("algorithm.filter_groups.metric", "reward -> reward (as before), correct -> acc (the "
+                            "reward file's 0/1 correctness)"),
 }
 
 
@@ -245,7 +252,8 @@ def verl_overrides(cfg: TrainConfig, out: str | Path, *, model_path: str, max_pr
     elif kl_on:
         ov += [(f"{A}.kl_loss_coef", cfg.kl_coef), (f"{A}.kl_loss_type", kl_name)]
     if cfg.dynamic_sampling:
-        ov += [("algorithm.filter_groups.enable", True), ("algorithm.filter_groups.metric", "reward"),
+        ov += [("algorithm.filter_groups.enable", True),
+               ("algorithm.filter_groups.metric", "acc" if cfg.dynamic_sampling_on == "correct" else "reward"),
                ("algorithm.filter_groups.max_num_gen_batches", cfg.max_refill_rounds + 1)]
     if cfg.algo != "ppo":
         ov += [("critic.enable", False)]

@@ -29,7 +29,7 @@ from medrlvr.integrations.verl.mapping import (AGENT_LOOP_NAME, FIELD_MAP, MARKE
 from medrlvr import rundir
 from medrlvr.prompts import render, response_prefix
 from medrlvr.train.config import TrainConfig, build_config, save_config
-from medrlvr.train.stream import PromptStream
+from medrlvr.train.stream import stream_for
 
 
 def _write_parquet(rows: list[dict], path: Path) -> None:
@@ -40,9 +40,10 @@ def _write_parquet(rows: list[dict], path: Path) -> None:
 
 
 def training_stream(cfg: TrainConfig, records) -> list:
-    """The questions ``medrlvr train`` would draw, step by step, for ``max_steps`` steps (one rank)."""
+    """The questions ``medrlvr train`` would draw, step by step, for ``max_steps`` steps (one rank), its
+    curriculum (filter, easy-to-hard order, pools) included."""
     k = cfg.max_steps * cfg.prompts_per_step * ((cfg.max_refill_rounds + 1) if cfg.dynamic_sampling else 1)
-    return PromptStream(records, cfg.seed, cfg.shuffle_options).take(k)
+    return stream_for(cfg, records).take(k)
 
 
 REWARD_FILE = '''"""verl custom reward function, written by `medrlvr verl prepare` (medrlvr {version}, verl {verl}).
