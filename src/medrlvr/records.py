@@ -122,7 +122,7 @@ class MCQSet:
 
 def make_mcq(id: Any, question: Any, options: Any, gold: Any, source: str = "custom", split: str = "test",
              context: Any = None, meta: Mapping[str, Any] | None = None, *, path: str | None = None,
-             line: int | str | None = None, duplicate_options: str = "error") -> MCQ:
+             line: int | str | None = None, duplicate_options: str = "error", duplicate_gold: str = "error") -> MCQ:
     """Build a validated :class:`MCQ`.
 
     ``options`` may be a list of texts (lettered A, B, ...) or a mapping letter -> text whose keys
@@ -133,6 +133,10 @@ def make_mcq(id: Any, question: Any, options: Any, gold: Any, source: str = "cus
     spacing ignored); ``"warn"`` keeps the record and lists the clashing letters in
     ``meta["duplicate_options"]``, which :func:`collect` reports in ``MCQSet.warnings``. Named
     benchmarks use ``"warn"`` so that their published counts are kept (MedMCQA dev has 21 such records).
+
+    ``duplicate_gold``: with ``duplicate_options="warn"``, a gold option whose text another option repeats is
+    ``"error"`` (default: a model that picks the twin would be scored wrong) or ``"warn"`` (kept, listed in
+    ``meta["duplicate_gold"]``; the named benchmarks, for their published counts: 4 MedMCQA dev records).
     """
 
     def err(fld: str, msg: str) -> DataError:
@@ -182,6 +186,13 @@ def make_mcq(id: Any, question: Any, options: Any, gold: Any, source: str = "cus
     meta = dict(meta or {})
     if dup_letters:
         meta["duplicate_options"] = "".join(dup_letters)
+        twins = [L for L in dup_letters if L != g and norm[LETTERS.index(L)] == norm[LETTERS.index(g)]] \
+            if g in dup_letters else []
+        if twins and duplicate_gold != "warn":
+            raise err("gold", f"the gold option {g} ({opts[g]!r}) has the same text as option {', '.join(twins)}: a "
+                              "model that picks the twin would be scored wrong; fix the options or drop the record")
+        if twins:
+            meta["duplicate_gold"] = "".join(twins)
     return MCQ(id=str(id), question=question.strip(), options=opts, gold=g, source=source, split=split,
                context=ctx, meta=meta)
 
@@ -204,8 +215,17 @@ def collect(name: str, rows: Iterable[tuple[int | str, Any]], build, *, path: st
             seen[rec.id] = line
             records.append(rec)
             if "duplicate_options" in rec.meta:
+                twin = (f"; the gold {rec.gold} is one of them: a model that picks {rec.meta['duplicate_gold']} is "
+                        "scored wrong" if rec.meta.get("duplicate_gold") else "")
                 warnings.append(Skipped(path, line, "options", "duplicate option texts in options "
-                                        f"{', '.join(rec.meta['duplicate_options'])} (kept)"))
+                                        f"{', '.join(rec.meta['duplicate_options'])} (kept){twin}"))
+            if rec.meta.get("filler_options"):
+                warnings.append(Skipped(path, line, "options", "filler option(s) "
+                                        f"{', '.join(rec.meta['filler_options'])} (n/a, none, ...) kept as real "
+                                        "options (--drop-filler-options drops those that are not the gold)"))
+            if rec.meta.get("dropped_filler"):
+                warnings.append(Skipped(path, line, "options", f"dropped {rec.meta['dropped_filler']} filler "
+                                        "option(s) (--drop-filler-options)"))
             if options_in_question(rec.question, rec.options):
                 warnings.append(Skipped(path, line, "question", "the question text already lists the options "
                                         f"(A) ... ({rec.letters[-1]}); the prompt will show them twice"))

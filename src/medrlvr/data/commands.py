@@ -25,8 +25,24 @@ def _data_root_arg(p):
                    help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
 
 
+DROP_FILLER_HELP = ("drop filler options (n/a, none, -, empty) that are not the gold; without it a filler is kept "
+                    "as a real option with a warning, an empty one is an error")
 COLUMNS_HELP = ("column map for files, e.g. question=q,options=A|B|C|D,gold=ans; one per file: "
                 "'a.csv=question=q,gold=k;b.jsonl=options=choices,gold=label,gold_type=index0'")
+
+
+def with_filler_drop(columns: str | None, drop: bool) -> str | None:
+    """``--columns`` with ``filler=drop`` added for every file when ``--drop-filler-options`` is given."""
+    if not drop:
+        return columns
+    if not columns:
+        return "filler=drop"
+    return f"{columns};filler=drop" if ";" in columns or "=" in columns.partition(",")[0].partition("=")[2] \
+        else f"{columns},filler=drop"
+
+
+def _columns(a) -> str | None:
+    return with_filler_drop(a.columns, getattr(a, "drop_filler_options", False))
 
 
 def _split_list(x: str | None) -> list[str]:
@@ -39,7 +55,7 @@ def cmd_data_stats(a) -> int:
     names = list(a.sources or []) + _split_list(a.benchmarks)
     if not names:
         names = list(BENCHMARKS)
-    sets = load_sources(names, a.data_root, a.columns, skip_invalid=a.skip_invalid, warnings=False)
+    sets = load_sources(names, a.data_root, _columns(a), skip_invalid=a.skip_invalid, warnings=False)
     out = {}
     for spec, s in sets.items():
         kinds = Counter(w.field for w in s.warnings)
@@ -69,7 +85,7 @@ def cmd_data_stats(a) -> int:
 
 
 def cmd_data_validate(a) -> int:
-    cmap = columns_for_sources(a.columns, [a.source])[a.source]
+    cmap = columns_for_sources(_columns(a), [a.source])[a.source]
     s = load_any(a.source, a.data_root, cmap or None, skip_invalid=True)   # a file-level error: exit 2 (cli.main)
     for line in s.report_lines():
         print(line)
@@ -85,7 +101,7 @@ def cmd_data_show(a) -> int:
         from medrlvr.models import load_tokenizer
 
         tok = load_tokenizer(a.model)
-    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    s = load_sources([a.source], a.data_root, _columns(a), skip_invalid=a.skip_invalid)[a.source]
     for r in s.records[: a.n]:
         print(f"===== {r.id} (gold {r.gold}: {r.gold_text})")
         print(render(r, a.template, tok, prefill_think=not a.no_prefill))
@@ -96,7 +112,7 @@ def cmd_data_show(a) -> int:
 def cmd_data_export(a) -> int:
     from medrlvr.integrations.export import export
 
-    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    s = load_sources([a.source], a.data_root, _columns(a), skip_invalid=a.skip_invalid)[a.source]
     p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
     print(f"wrote {len(s)} record{'' if len(s) == 1 else 's'} to {p} ({a.format})")
     if a.format == "openrlhf":
@@ -114,7 +130,7 @@ def cmd_data_contamination(a) -> int:
 
     if a.a == a.b:
         raise ValueError(f"contamination of {a.a} with itself: give two different sources")
-    sets = load_sources([a.a, a.b], a.data_root, a.columns, skip_invalid=a.skip_invalid, warnings=False)
+    sets = load_sources([a.a, a.b], a.data_root, _columns(a), skip_invalid=a.skip_invalid, warnings=False)
     sa, sb = sets[a.a], sets[a.b]
     hits = contamination(sa.records, sb.records, n=a.n, threshold=a.threshold)
     qa = {r.id: r.question for r in sa}
@@ -173,7 +189,7 @@ def cmd_data_difficulty(a) -> int:
         raise ValueError(f"--temperature 0 with --k {a.k}: the {a.k} greedy answers would all be the same")
     rank, _ = init_eval()   # torchrun --nproc-per-node N -m medrlvr data difficulty ...: batches sharded
     with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
-        s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+        s = load_sources([a.source], a.data_root, _columns(a), skip_invalid=a.skip_invalid)[a.source]
     records = s.records[: a.limit] if a.limit else s.records
     import torch
 
@@ -218,7 +234,7 @@ def cmd_data_filter(a) -> int:
     from medrlvr.data.difficulty import check_source, decile_counts, filter_records, parse_band, read_difficulty
 
     band = parse_band(a.keep)
-    s = load_sources([a.source], a.data_root, a.columns, skip_invalid=a.skip_invalid)[a.source]
+    s = load_sources([a.source], a.data_root, _columns(a), skip_invalid=a.skip_invalid)[a.source]
     df = read_difficulty(a.difficulty)
     missing = check_source(df, s.records, a.source)
     rates = df.rates()
@@ -250,6 +266,7 @@ def add_cli(sub) -> None:
     _data_root_arg(s)
     s.add_argument("--benchmarks", default=None, help="comma-separated names or files (added to SOURCES)")
     s.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    s.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
     s.add_argument("--json", action="store_true", help="one JSON object keyed by source")
     s.add_argument("--compact", action="store_true", help="with --json: on one line")
     s.add_argument("--skip-invalid", action="store_true", help="count the valid records, report the others")
@@ -263,6 +280,7 @@ def add_cli(sub) -> None:
                                       "for a set inside a nested JSON) or hub:ID")
         _data_root_arg(x)
         x.add_argument("--columns", default=None, help=COLUMNS_HELP)
+        x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
         if name != "validate":
             x.add_argument("--skip-invalid", action="store_true", help="load the valid records, report the others")
             x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"])
@@ -279,6 +297,7 @@ def add_cli(sub) -> None:
     c.add_argument("b", help="the set to check against, e.g. a test benchmark")
     _data_root_arg(c)
     c.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    c.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
     c.add_argument("--n", type=int, default=8, help="word n-gram length (default 8)")
     c.add_argument("--threshold", type=float, default=0.5, help="fraction of A's n-grams found in one B question")
     c.add_argument("--max-pairs", type=int, default=50, help="pairs printed (0: all; --json prints all)")
@@ -290,6 +309,7 @@ def add_cli(sub) -> None:
     x.add_argument("source", help="benchmark name[:split] or a file")
     _data_root_arg(x)
     x.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
     x.add_argument("--skip-invalid", action="store_true", help="measure the valid records, report the others")
     x.add_argument("--model", required=True, help="smollm2-135m, tiny, a Hugging Face dir (or a run dir with final/)")
     x.add_argument("--k", type=pos_int, required=True, help="samples per question (loglik: 1)")
@@ -313,6 +333,7 @@ def add_cli(sub) -> None:
     f.add_argument("source", help="benchmark name[:split] or a file (the one the difficulty file was made for)")
     _data_root_arg(f)
     f.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    f.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
     f.add_argument("--skip-invalid", action="store_true")
     f.add_argument("--difficulty", required=True, help="a file of `medrlvr data difficulty`")
     f.add_argument("--keep", required=True, help="LOW:HIGH pass rates kept, both included (0.1:0.9, 1/8:7/8)")

@@ -19,13 +19,24 @@ Column map (generic loader, CLI ``--columns``): a comma-separated list of ``key=
     ``index0`` or ``index1``: a ``1`` is ambiguous).
 ``id=COL``, ``context=COL``, ``meta=COL1|COL2``
     optional id (default: ``<name>-<line>``), context text, and columns copied to ``meta``.
+``choices=TEXT1|TEXT2|...``
+    the same options for every record, for a file with no options column (PubMedQA-style yes/no/maybe:
+    ``choices=yes|no|maybe,gold=final_decision``); the gold is then a text or a letter.
+``filler=keep|drop``
+    filler options (``n/a``, ``none``, ``-``, empty after stripping: :data:`FILLER_TEXTS`): ``keep`` (default)
+    keeps a non-empty one as a real option, with a warning counted per record (an empty one is an error);
+    ``drop`` removes those that are not the gold (``--drop-filler-options`` of the ``data`` commands).
 ``records=KEY[/KEY...]``
     in a nested JSON file, the set of records to load (the same as ``FILE.json:KEY``); ``*`` takes every
     key at its level.
 
 An options column may hold a list of texts, a letter -> text object, or a list of option objects
 ``{"letter"|"key"|"label": "A", "content"|"value"|"text": "..."}`` (or a text key alone); other object
-shapes are refused. A gold given as a one-element list (``["J"]``) stands for its element.
+shapes are refused; an options cell holding a Python literal (``{'A': 'x'}``, single quotes, as ``str(dict)``
+writes it) is read with :func:`ast.literal_eval` (never ``eval``). A gold given as a one-element list (``["J"]``)
+stands for its element. A gold option whose text another option repeats is an error (a model that picks the twin
+would be scored wrong). Errors in a JSON array file name the file line where the record starts and its record
+number (``FILE:14 (record 3)``).
 Several files, several maps: see :func:`columns_for_sources` (``"a.csv=question=q;b.jsonl=gold=label"``).
 The file as a whole is checked before any record: an empty or header-only file, or a column the map
 needs that no record has, is one error (listing the file's columns) rather than one per record.
@@ -33,6 +44,7 @@ needs that no record has, is one error (listing the file's columns) rather than 
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -178,6 +190,7 @@ def read_json(path: str | os.PathLike, select: str | None = None) -> Iterator[tu
         if hint is not None:
             raise hint
         nodes = [("", [], data)]
+    starts = _array_item_lines(text) if not select and isinstance(data, list) else None
     n = 0
     for where, wild, node in nodes:
         pre = f"{where}/" if where else ""
@@ -186,6 +199,8 @@ def read_json(path: str | os.PathLike, select: str | None = None) -> Iterator[tu
                 n += 1
                 if isinstance(v, dict) and wild:
                     v = {"__key__": "/".join(wild + [str(i)]), **v}
+                if isinstance(v, dict) and starts is not None and i <= len(starts):
+                    v = {"__line__": starts[i - 1], **v}
                 yield (f"{pre}{i}" if pre else i), v
         elif isinstance(node, Mapping):
             for k, v in node.items():
@@ -199,6 +214,31 @@ def read_json(path: str | os.PathLike, select: str | None = None) -> Iterator[tu
     if n == 0:
         raise DataError(f"no records: {'the selection ' + repr(select) + ' is' if select else 'the file is'} an "
                         "empty list or object", path=str(p))
+
+
+def _array_item_lines(text: str) -> list[int]:
+    """1-based file line where each item of a top-level JSON array starts (``[]`` when ``text`` is not one)."""
+    dec = json.JSONDecoder()
+    i = len(text) - len(text.lstrip())
+    if not text.startswith("[", i):
+        return []
+    i += 1
+    out: list[int] = []
+    line, seen = 1, 0
+    ws = " \t\r\n,"
+    while i < len(text):
+        while i < len(text) and text[i] in ws:
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            break
+        line += text.count("\n", seen, i)
+        seen = i
+        out.append(line)
+        try:
+            _, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            break
+    return out
 
 
 def read_csv(path: str | os.PathLike, header: bool = True) -> Iterator[tuple[int, Any]]:
@@ -312,7 +352,7 @@ def load_medqa(path, split: str = "test", name: str = "medqa", skip_invalid: boo
         meta = {"meta_info": row["meta_info"]} if "meta_info" in row else {}
         return make_mcq(id=row.get("id", f"{name}-{split}-{line}"), question=_req(row, "question", path, line),
                         options=opts, gold=gold, source=name, split=split, meta=meta, path=path, line=line,
-                        duplicate_options="warn")
+                        duplicate_options="warn", duplicate_gold="warn")
 
     return collect(f"{name}:{split}", iter_jsonl(path), build, path=path, skip_invalid=skip_invalid)
 
@@ -339,7 +379,7 @@ def load_mmlu_pro(path, category: str | None = "health", split: str = "test", na
         meta = {k: row[k] for k in ("category", "src") if k in row}
         return make_mcq(id=f"mmlu-pro-{row.get('question_id', line)}", question=_req(row, "question", path, line),
                         options=opts, gold=gold, source=name, split=split, meta=meta, path=path, line=line,
-                        duplicate_options="warn")
+                        duplicate_options="warn", duplicate_gold="warn")
 
     return collect(f"{name}:{split}", rows(), build, path=path, skip_invalid=skip_invalid)
 
@@ -368,7 +408,7 @@ def load_medmcqa(path, cop_base: int = 1, split: str = "dev", name: str = "medmc
         meta = {k: row[k] for k in ("subject_name", "topic_name", "choice_type") if row.get(k) is not None}
         return make_mcq(id=row.get("id", f"{name}-{line}"), question=_req(row, "question", path, line), options=opts,
                         gold=LETTERS[idx], source=name, split=split, meta=meta, path=path, line=line,
-                        duplicate_options="warn")
+                        duplicate_options="warn", duplicate_gold="warn")
 
     return collect(f"{name}:{split}", read_any(path), build, path=path, skip_invalid=skip_invalid)
 
@@ -438,7 +478,7 @@ def load_mmlu_csv(paths, split: str = "test", name: str = "mmlu-medical", skip_i
                                 line=line, field="<row>")
             return make_mcq(id=f"mmlu-{subject}-{line}", question=row[0], options=row[1:5], gold=row[5],
                             source=name, split=split, meta={"subject": subject}, path=p, line=line,
-                            duplicate_options="warn")
+                            duplicate_options="warn", duplicate_gold="warn")
 
         sets.append(collect(name, read_csv(p, header=False), build, path=p, skip_invalid=skip_invalid))
     return merge_sets(f"{name}:{split}", sets)
@@ -461,7 +501,9 @@ def merge_sets(name: str, sets: list[MCQSet]) -> MCQSet:
 
 # ------------------------------------------------------------------------------------ generic loader
 GOLD_TYPES = ("auto", "letter", "index0", "index1", "text")
-COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta", "records")
+COLUMN_KEYS = ("question", "options", "gold", "gold_type", "id", "context", "meta", "records", "choices", "filler")
+FILLER_TEXTS = frozenset({"", "n/a", "na", "n.a.", "none", "null", "nan", "-", "--", "—", "?", "blank"})
+"""Option texts (lower-cased, stripped) that hold no answer: placeholders a file uses to pad its option columns."""
 
 
 def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -488,6 +530,14 @@ def parse_column_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
         raise ValueError(f"unknown column map key(s) {sorted(bad)}; known: {', '.join(COLUMN_KEYS)}")
     if items.get("gold_type", "auto") not in GOLD_TYPES:
         raise ValueError(f"gold_type must be one of {GOLD_TYPES}, got {items['gold_type']!r}")
+    if items.get("filler", "keep") not in ("keep", "drop"):
+        raise ValueError(f"filler must be keep or drop, got {items['filler']!r}")
+    if "choices" in items:
+        if "options" in items:
+            raise ValueError("column map gives both options= (columns) and choices= (fixed texts): give one")
+        texts = [t.strip() for t in items["choices"].split("|")]
+        if len(texts) < 2 or not all(texts):
+            raise ValueError(f"choices={items['choices']!r}: give at least two non-empty texts separated by |")
     return items
 
 
@@ -582,6 +632,27 @@ def _option_objects(options: list, path, line, field: str) -> list | dict:
     return dict(zip(letters, texts))
 
 
+def _options_text(text: str, path, line, field: str) -> Any:
+    """An options cell given as text: JSON (a list or an object), else a Python literal such as ``str(dict)``
+    writes (single quotes), read with :func:`ast.literal_eval`, never ``eval``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    t = text.strip()
+    if t[:1] in "{[(":
+        try:
+            v = ast.literal_eval(t)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            kind = "a Python dict" if t.startswith("{") else "a Python list"
+            raise DataError(f"options column holds a string that looks like {kind} but cannot be read as a literal "
+                            f"({t[:60]!r}); write it as JSON", path=path, line=line, field=field) from None
+        if isinstance(v, (dict, list, tuple)):
+            return list(v) if isinstance(v, tuple) else v
+    raise DataError("options column holds a string that is not a JSON list or object (nor a Python literal of one)",
+                    path=path, line=line, field=field)
+
+
 def _check_columns(rows: list, cmap: Mapping[str, str], opt_cols, meta_cols, path: str) -> None:
     """One header-level error when a column the map needs (or the default it falls back to) is in no record;
     it lists the columns the file has."""
@@ -589,7 +660,7 @@ def _check_columns(rows: list, cmap: Mapping[str, str], opt_cols, meta_cols, pat
     for _, r in rows:
         if isinstance(r, Mapping):
             for k in r:
-                if k != "__key__":
+                if k not in ("__key__", "__line__"):
                     seen.setdefault(str(k), None)
     if not seen:
         return
@@ -600,7 +671,9 @@ def _check_columns(rows: list, cmap: Mapping[str, str], opt_cols, meta_cols, pat
             missing.append(f"column {col!r} ({key}={col}{', the default' if default else ''})")
 
     need(cmap.get("question", "question"), "question", "question" not in cmap)
-    if opt_cols:
+    if "choices" in cmap:
+        pass
+    elif opt_cols:
         for c in opt_cols:
             need(c, "options")
     elif "options" not in seen and sum(c in seen for c in LETTERS) < 2:
@@ -639,8 +712,21 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
     meta_cols = cmap["meta"].split("|") if "meta" in cmap else []
     rows = list(read_any(path, select))
     _check_columns(rows, cmap, opt_cols, meta_cols, path)
+    choices = [t.strip() for t in cmap["choices"].split("|")] if "choices" in cmap else None
+    drop_filler = cmap.get("filler") == "drop"
 
     def build(row, line):
+        if isinstance(row, Mapping) and "__line__" in row:   # a JSON array item: name its file line too
+            try:
+                return build_one(row, line)
+            except DataError as e:
+                if e.line != line:
+                    raise
+                raise DataError(e.reason, path=e.path, line=f"{row['__line__']} (record {line})",
+                                field=e.field) from None
+        return build_one(row, line)
+
+    def build_one(row, line):
         if isinstance(row, list):
             raise DataError("row has no column names (headerless CSV needs a header row)", path=path, line=line)
         if not isinstance(row, Mapping):
@@ -648,7 +734,9 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
         qcol = cmap.get("question", "question")
         question = _req(row, qcol, path, line)
         ocol = "options"
-        if opt_cols is not None and len(opt_cols) > 1:
+        if choices is not None:
+            options = list(choices)
+        elif opt_cols is not None and len(opt_cols) > 1:
             options = [_req(row, c, path, line) for c in opt_cols]
         else:
             ocol = opt_cols[0] if opt_cols else ("options" if "options" in row else None)
@@ -661,11 +749,7 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
             else:
                 options = _req(row, ocol, path, line)
                 if isinstance(options, str):
-                    try:
-                        options = json.loads(options)
-                    except json.JSONDecodeError:
-                        raise DataError("options column holds a string that is not a JSON list or object",
-                                        path=path, line=line, field=ocol) from None
+                    options = _options_text(options, path, line, ocol)
                 if hasattr(options, "tolist"):
                     options = options.tolist()
                 if isinstance(options, (list, tuple)):
@@ -687,12 +771,34 @@ def load_generic(path, columns: str | Mapping[str, str] | None = None, name: str
                                 line=line, field=ocol)
         gcol = cmap.get("gold") or ("answer_idx" if "answer_idx" in row else "answer")
         gold = _unwrap_gold(_req(row, gcol, path, line), path, line, gcol)
+        options = ["" if o is None or (isinstance(o, float) and o != o) else o for o in options]
         gold = _resolve_gold(gold, [str(o) for o in options], gold_type, path, line)
+        filler = [i for i, o in enumerate(options) if str(o).strip().lower() in FILLER_TEXTS]
+        extra_meta: dict[str, Any] = {}
+        if filler and drop_filler:
+            gi = LETTERS.index(gold)
+            drop = [i for i in filler if i != gi]
+            options = [o for i, o in enumerate(options) if i not in drop]
+            gold = LETTERS[gi - sum(i < gi for i in drop)]
+            if len(options) < 2:
+                raise DataError(f"{len(options)} option(s) left after dropping {len(drop)} filler option(s)",
+                                path=path, line=line, field="options")
+            extra_meta["dropped_filler"] = len(drop)
+            filler = [i - sum(j < i for j in drop) for i in filler if i not in drop]
+        empty = [LETTERS[i] for i in filler if not str(options[i]).strip()]
+        if empty:
+            raise DataError(f"option {', '.join(empty)} is empty (say --drop-filler-options, or filler=drop in the "
+                            "column map, to drop empty options that are not the gold)", path=path, line=line,
+                            field=ocol)
+        if filler:
+            extra_meta["filler_options"] = "".join(LETTERS[i] for i in filler)
         rid = row.get(cmap["id"]) if "id" in cmap else row.get("id", row.get("__key__"))
         if rid is None:
             rid = f"{name}-{line}"
         ctx = row.get(cmap["context"]) if "context" in cmap else row.get("context")
-        meta = {c: row.get(c) for c in meta_cols}
+        if isinstance(ctx, (list, tuple)):          # PubMedQA's CONTEXTS: a list of paragraphs
+            ctx = "\n".join(str(x) for x in ctx)
+        meta = {c: row.get(c) for c in meta_cols} | extra_meta
         return make_mcq(id=rid, question=question, options=options, gold=gold, source=name, split=split,
                         context=ctx, meta=meta, path=path, line=line, duplicate_options="warn")
 

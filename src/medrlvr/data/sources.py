@@ -92,19 +92,30 @@ def load_any(spec: str, data_root=None, columns=None, skip_invalid: bool = False
     raise ValueError(f"{spec!r} is neither a benchmark ({', '.join(BENCHMARKS)}), an existing file, nor hub:ID")
 
 
-def report(s: MCQSet, stream: TextIO | None = None, warnings: bool = True) -> None:
-    """Print the skipped-record report of ``data validate`` (one ``invalid: FILE:LINE: ...`` line per skipped
-    record, then ``warning: ...`` lines) and a one-line count, when there is anything to say (default: stderr)."""
+MAX_REPORTED = 5
+"""Per-record lines of each kind (invalid, warning) :func:`report` prints before its count; ``data validate``
+lists them all."""
+
+
+def report(s: MCQSet, stream: TextIO | None = None, warnings: bool = True, max_lines: int = MAX_REPORTED) -> None:
+    """Print what loading skipped or warned about, when there is anything to say (default: stderr): the first
+    ``max_lines`` ``invalid: FILE:LINE: ...`` lines and the first ``max_lines`` ``warning: ...`` lines (then how
+    many more, which ``data validate`` lists), and one count line that says "skipped" only when records were."""
     stream = stream or sys.stderr
     if not s.skipped and not (warnings and s.warnings):
         return
-    for sk in s.skipped:
-        print(f"invalid: {sk}", file=stream)
-    if warnings:
-        for w in s.warnings:
-            print(f"warning: {w}", file=stream)
-    print(f"{s.name}: {len(s)} valid, {len(s.skipped)} invalid (skipped), {len(s.warnings)} with warnings",
-          file=stream)
+    for kind, items in (("invalid", s.skipped), ("warning", s.warnings if warnings else [])):
+        for x in items[:max_lines]:
+            print(f"{kind}: {x}", file=stream)
+        if len(items) > max_lines:
+            print(f"... {len(items) - max_lines} more {kind} record lines (`medrlvr data validate` lists all)",
+                  file=stream)
+    parts = [f"{len(s)} valid"]
+    if s.skipped:
+        parts.append(f"{len(s.skipped)} invalid (skipped)")
+    if s.warnings:
+        parts.append(f"{len(s.warnings)} with warnings")
+    print(f"{s.name}: {', '.join(parts)}", file=stream)
 
 
 def load_sources(sources: list[str], data_root, columns, skip_invalid: bool = False, stream: TextIO | None = None,
