@@ -176,6 +176,9 @@ def test_eval_results_carry_the_curves_and_compare_draws_them(tmp_path):
     assert c["k"] == [1, 2, 3] and len(c["pass"]) == len(c["maj"]) == 3
     assert c["pass"][0] == pytest.approx(res["starter:test"]["pass_at_k"]["1"])
     assert c["pass_guess"][0] == pytest.approx(res["starter:test"]["random_baseline"]["accuracy"])
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "## starter:test: pass@k and maj@k against random guessing" in md
+    assert f"| 3 | {100 * c['pass'][2]:.1f} | {100 * c['pass_guess'][2]:.1f} |" in md
     saved = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert saved["starter:test"]["curves"]["pass_guess"] == pytest.approx(c["pass_guess"])
     paths = compare([tmp_path / "ev"], tmp_path / "cmp")

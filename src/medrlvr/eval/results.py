@@ -1,5 +1,6 @@
 """Results files of a benchmark evaluation: ``results.json`` (the metrics) and ``results.md`` (a Markdown
-table with 95% intervals, the random baseline and the predicted- vs gold-letter counts)."""
+table with 95% intervals, the random baseline, pass@k and maj@k beside random guessing when K > 1, and the
+predicted- vs gold-letter counts)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         if "subsets" in r:
             lines += ["", f"## {b}: subsets", "", "| subset | n | accuracy [95% CI] |", "|---|---|---|"]
             lines += [f"| {k} | {v['n']} | {_fmt_ci(v['accuracy'], v['ci95'])} |" for k, v in r["subsets"].items()]
+    for b in benches:
+        c = results[b].get("curves")
+        if c:
+            K = len(c["k"])
+            ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if k < K} | {K})
+            lines += ["", f"## {b}: pass@k and maj@k against random guessing", "",
+                      "| k | pass@k | guessing pass@k | maj@k | guessing maj@k |", "|---|---|---|---|---|"]
+            lines += [f"| {k} | {_fmt(c['pass'][k - 1])} | {_fmt(c['pass_guess'][k - 1])} | {_fmt(c['maj'][k - 1])} | "
+                      f"{_fmt(c['maj_guess'][k - 1])} |" for k in ks]
     lines += ["", "## Predicted vs gold letters (position bias)", "", "| benchmark | letter | predicted | gold |",
               "|---|---|---|---|"]
     for b in benches:
