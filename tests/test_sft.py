@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medrlvr.train import forward as batching, trainer as train
+from medrlvr.train import forward as batching, stream, trainer as train
 from medrlvr import sft as sft_mod
 from medrlvr.data import load_benchmark
 from medrlvr.eval.benchmark import evaluate
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shares_the_trainers_data_plumbing(tokenizer):
-    assert sft_mod.PromptStream is train.PromptStream
+    assert sft_mod.PromptStream is stream.PromptStream and train.stream_for is stream.stream_for
     assert sft_mod.pack is batching.pack and sft_mod.response_logprobs is batching.response_logprobs
     rec = load_benchmark("starter:train").records[0]
     p, a = example_ids(rec, tokenizer)
