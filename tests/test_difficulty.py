@@ -187,3 +187,23 @@ def test_eval_results_carry_the_curves_and_compare_draws_them(tmp_path):
                       progress=False, output_dir=str(tmp_path / "ev1"))
     assert "curves" not in single["starter:test"]
     assert compare([tmp_path / "ev1"], tmp_path / "cmp1")["curves"] is None
+
+
+def test_report_draws_the_curves_of_the_results_under_a_run(tmp_path):
+    from medrlvr.analysis.report import build_report
+
+    curves = k_curves([2, 0, 1], [["A", "A"], ["B", None], ["C", "A"]], ["A", "A", "A"], [4, 4, 2], 2)
+    for name, shift in (("eval_before", 0.0), ("eval_after", 0.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"_meta": {"model": name}, "medqa": {"accuracy": 0.3 + shift, "ci95": [0.2, 0.4], "n": 3,
+                                                 "curves": curves}}))
+    html = build_report(tmp_path, quiet=True).read_text()
+    assert "pass@k and maj@k against random guessing" in html
+    assert (tmp_path / "report" / "passk_curves.png").stat().st_size > 5000
+    for name in ("eval_before", "eval_after"):
+        d = json.loads((tmp_path / name / "results.json").read_text())
+        d["medqa"].pop("curves")
+        (tmp_path / name / "results.json").write_text(json.dumps(d))
+    html = build_report(tmp_path, quiet=True).read_text()
+    assert "against random guessing" not in html and not (tmp_path / "report" / "passk_curves.png").exists()
