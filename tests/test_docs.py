@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from medrlvr.cli import build_parser
+from medrlvr.data.loaders import COLUMN_KEYS
 from medrlvr.monitor import MonitorConfig
 from medrlvr.train.config import TrainConfig
 
@@ -179,7 +180,7 @@ def test_the_synopsis_rule_does_not_hide_real_commands():
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {
     f"monitor.{f.name}" for f in dataclasses.fields(MonitorConfig)}
-COLUMN_MAP_KEYS = {"question", "options", "gold", "gold_type", "id", "context", "meta", "records"}
+COLUMN_MAP_KEYS = set(COLUMN_KEYS)
 ASSIGNMENTS = re.compile(r"^[a-z_][a-z0-9_.]*=[^\s=]+(?:\s+[a-z_][a-z0-9_.]*=[^\s=]+)*$")
 
 
