@@ -272,15 +272,25 @@ def test_allowed_change_applies_and_is_recorded(saved_run, tokenizer, one_thread
     t = _trainer(saved_run, tokenizer, resume=True, allow=("lr",), lr=5e-4, max_steps=3)
     assert t.opt.param_groups[0]["lr"] == 5e-4 and t.sched.get_last_lr()[0] == 5e-4  # not the restored 1e-3
     rec = [json.loads(x) for x in (saved_run / "config_changes.jsonl").read_text().splitlines()]
-    assert rec[-1]["resumed_at_step"] == 2 and rec[-1]["changes"] == {"lr": {"saved": 1e-3, "now": 5e-4}}
+    assert rec[-1]["resumed_at_step"] == 2 and rec[-1]["changes"] == {"lr": {"saved": 1e-3, "now": 5e-4},
+                                                                      "max_steps": {"saved": 2, "now": 3}}
     assert build_config(str(saved_run / "config.yaml")).lr == 5e-4
     hist = t.train()
     assert [h["step"] for h in hist] == [3] and hist[0]["lr"] == 5e-4
 
 
 def test_resume_accepts_a_change_that_does_not_alter_training(saved_run, tokenizer):
-    t = _trainer(saved_run, tokenizer, resume=True, max_steps=3, save_every=2, on_alert="stop")
+    t = _trainer(saved_run, tokenizer, resume=True, save_every=2, on_alert="stop")
     assert t.step == 2 and not (saved_run / "config_changes.jsonl").exists()
+
+
+def test_raising_max_steps_on_resume_is_recorded(saved_run, tokenizer):
+    """A finished run trains on only when max_steps is raised, and the raise is recorded as a config change."""
+    t = _trainer(saved_run, tokenizer, resume=True)
+    assert t.train() == [] and t.step == 2                      # reached max_steps: nothing more
+    t = _trainer(saved_run, tokenizer, resume=True, max_steps=3)
+    rec = [json.loads(x) for x in (saved_run / "config_changes.jsonl").read_text().splitlines()]
+    assert rec[-1]["changes"] == {"max_steps": {"saved": 2, "now": 3}}
 
 
 def test_cli_resume_with_changed_lr_exits_2(saved_run, capsys):

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from medrlvr.argtypes import positive_int
+
 
 def _data_root_arg(p):
     p.add_argument("--data-root", default=None,
@@ -15,25 +17,53 @@ def _data_root_arg(p):
 
 # ----------------------------------------------------------------------------------------- train
 def cmd_train(a) -> int:
-    from medrlvr.train.config import build_config
-    from medrlvr.train.trainer import train
+    from medrlvr.train.config import build_config, save_config
+    from medrlvr.train.trainer import TrainingInterrupted, train
 
-    cfg = build_config(a.config, a.overrides + ([f"max_steps={a.max_steps}"] if a.max_steps else []))
+    overrides = a.overrides + ([f"max_steps={a.max_steps}"] if a.max_steps else [])
+    if a.resume and a.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if a.config is None:
+        if not (a.resume and a.output):
+            raise ValueError("--config is required (a preset: tiny, cpu-demo, paper-3b, or a YAML file); "
+                             "only --resume --output DIR reads the run's own config.yaml")
+        saved = Path(a.output) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} does not exist: {a.output} is not a run directory")
+        cfg = build_config(str(saved), overrides)
+    else:
+        cfg = build_config(a.config, overrides)
     if a.data_root:
         cfg.data_root = a.data_root
     out = Path(a.output or f"runs/{Path(a.config).stem}")
+    if a.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     allow = tuple(k.strip() for x in a.allow_change for k in x.split(",") if k.strip())
-    if a.nproc < 1:
-        raise ValueError(f"--nproc: the number of processes must be >= 1, got {a.nproc}")
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun for this node, which runs this command
         from medrlvr.train import distributed
 
         cfg.world_size = a.nproc
         distributed.check_config(cfg)  # refuse a batch that cannot be split before starting anything
         return distributed.launch(a.nproc, _strip_nproc(a.argv))
-    t = train(cfg, out, resume=a.resume, allow_change=allow)
+    again = f"medrlvr train {' '.join(x for x in a.argv if x != '--resume')}"
+    try:
+        t = train(cfg, out, resume=a.resume, allow_change=allow, overwrite=a.overwrite)
+    except TrainingInterrupted as e:
+        if e.is_main:
+            print(f"medrlvr: {e.line(again)}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print(f"medrlvr: interrupted before training started; nothing was trained"
+              + ("" if a.resume else f"; start again with: {again}"), file=sys.stderr, flush=True)
+        return 130
     if t.is_main:
-        print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped)")
+        from medrlvr.monitor import EXPECTED_ALERTS
+
+        note = "".join(f"; {k}: {v}" for k, v in EXPECTED_ALERTS.get(cfg.model, {}).items())
+        print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped){note}")
     return 0
 
 
@@ -64,8 +94,39 @@ def cmd_demo(a) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``medrlvr CMD: error: ...; see --help``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help text with each option's default appended, unless it is None/False or the text already gives one."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if (h is argparse.SUPPRESS or d in (None, False, argparse.SUPPRESS) or d == [] or "default" in h
+                or not action.option_strings):
+            return h
+        return f"{h} (default: %(default)s)" if h else "default: %(default)s"
+
+
+def _all_parsers(p: argparse.ArgumentParser):
+    """``p`` and every sub-parser below it."""
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in dict.fromkeys(a.choices.values()):
+                yield from _all_parsers(sp)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medrlvr", description=__doc__)
+    from medrlvr import __version__
+
+    p = _Parser(prog="medrlvr", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"medrlvr {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from medrlvr.data.commands import add_cli as add_data_cli
@@ -73,13 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_cli(sub)
 
     t = sub.add_parser("train", help="RL training (PPO / GRPO family)")
-    t.add_argument("--config", required=True, help="preset (tiny, cpu-demo, paper-3b) or a YAML file")
+    t.add_argument("--config", default=None,
+                   help="preset (tiny: a smoke test on a random-weight model; cpu-demo; paper-3b) or a YAML file; "
+                        "with --resume the run's own config.yaml is used when omitted")
     t.add_argument("--output", default=None, help="run directory (default runs/<config>)")
-    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--max-steps", type=positive_int, default=None,
+                   help="override max_steps; with --resume, raising it trains on (recorded as a config change)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="remove an existing run in --output first (without it, a non-empty directory is refused)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     t.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="with --resume: accept a changed config KEY (repeatable; recorded in config_changes.jsonl)")
-    t.add_argument("--nproc", type=int, default=1,
+    t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes on this node: starts torchrun (torch.distributed.run); "
                         "multi-node: call torchrun yourself (docs/guides/distributed.md)")
     _data_root_arg(t)
@@ -87,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     dm = sub.add_parser("demo", help="the main job: evaluate, train cpu-demo, evaluate again, report")
-    dm.add_argument("--output", default="runs/demo")
-    dm.add_argument("--max-steps", type=int, default=None)
+    dm.add_argument("--output", default="runs/demo", help="demo directory")
+    dm.add_argument("--max-steps", type=positive_int, default=None, help="override the preset's max_steps")
     _data_root_arg(dm)
     dm.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-demo preset")
     dm.set_defaults(func=cmd_demo)
@@ -103,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for mod in (evaluate, sft, compare, verl_integration, monitor):
         mod.add_cli(sub)
+    for sp in _all_parsers(p):  # one-line usage errors and defaults in every --help, the later-added commands too
+        sp.__class__ = _Parser
+        sp.formatter_class = _HelpFormatter
     return p
 
 
@@ -115,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("medrlvr: interrupted", file=sys.stderr)
+        return 130
     except MonitorStop as e:
         print(f"medrlvr: {e}", file=sys.stderr)
         return ALERT_EXIT_CODE

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from medrlvr import rundir
+from medrlvr.argtypes import nonneg_int, positive_float, positive_int, unit_float
 from medrlvr.train.forward import pack, response_logprobs
 from medrlvr.data import MCQ, load_any
 from medrlvr.eval.benchmark import encode, evaluate
@@ -385,25 +386,25 @@ def add_cli(subparsers):
     s.add_argument("--model", default=None, help=f"initial model (default {d.model})")
     s.add_argument("--train-data", default=None, help=f"benchmark[:split] or data file (default {d.train_data})")
     s.add_argument("--dev-data", default=None, help="dev questions for the lr choice (default: hold out 10%% of train)")
-    s.add_argument("--dev-limit", type=int, default=None, help=f"at most N dev questions (default {d.dev_limit})")
+    s.add_argument("--dev-limit", type=positive_int, default=None, help=f"at most N dev questions (default {d.dev_limit})")
     s.add_argument("--data-root", default=None,
                    help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
     s.add_argument("--columns", default=None, help="column map for data files")
-    s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}")
-    s.add_argument("--lr", type=float, default=None, help=f"default {d.lr:g}")
+    s.add_argument("--epochs", type=positive_int, default=None, help=f"default {d.epochs}")
+    s.add_argument("--lr", type=positive_float, default=None, help=f"default {d.lr:g}")
     s.add_argument("--lr-grid", default=None, help="comma-separated learning rates, e.g. 1e-5,3e-5; keeps the best")
-    s.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
-    s.add_argument("--micro-batch-size", type=int, default=None,
+    s.add_argument("--batch-size", type=positive_int, default=None, help=f"default {d.batch_size}")
+    s.add_argument("--micro-batch-size", type=positive_int, default=None,
                    help="questions per forward/backward (gradient accumulation; default: --batch-size)")
-    s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (overrides --epochs)")
+    s.add_argument("--max-steps", type=positive_int, default=None, help="stop after N steps (overrides --epochs)")
     s.add_argument("--lr-schedule", default=None, choices=["constant", "linear", "cosine"],
                    help=f"default {d.lr_schedule}")
-    s.add_argument("--warmup-ratio", type=float, default=None, help=f"linear warm-up share of the steps (default {d.warmup_ratio:g})")
+    s.add_argument("--warmup-ratio", type=unit_float, default=None, help=f"linear warm-up share of the steps (default {d.warmup_ratio:g})")
     s.add_argument("--shuffle-options", action="store_true", default=None, help="re-shuffle options every epoch")
     s.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
     s.add_argument("--autocast-bf16", default=None, choices=["auto", "true", "false"],
                    help="bf16 autocast for the training forward/backward (default auto: where bf16 is native)")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=nonneg_int, default=None, help="run seed (default 0)")
     s.add_argument("--output", default=None, help="output dir (default runs/sft)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sft)

@@ -17,6 +17,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from medrlvr.argtypes import nonneg_int, open_unit_float, positive_int
 from medrlvr.data.sources import columns_for_sources, load_any, load_sources
 
 
@@ -286,7 +287,7 @@ def add_cli(sub) -> None:
             x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"])
             x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
         if name == "show":
-            x.add_argument("--n", type=int, default=3)
+            x.add_argument("--n", type=positive_int, default=3, help="prompts printed")
             x.add_argument("--model", default="smollm2-135m", help="tokenizer for --template chat")
         if name == "export":
             x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf"])
@@ -298,9 +299,9 @@ def add_cli(sub) -> None:
     _data_root_arg(c)
     c.add_argument("--columns", default=None, help=COLUMNS_HELP)
     c.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
-    c.add_argument("--n", type=int, default=8, help="word n-gram length (default 8)")
-    c.add_argument("--threshold", type=float, default=0.5, help="fraction of A's n-grams found in one B question")
-    c.add_argument("--max-pairs", type=int, default=50, help="pairs printed (0: all; --json prints all)")
+    c.add_argument("--n", type=positive_int, default=8, help="word n-gram length (default 8)")
+    c.add_argument("--threshold", type=open_unit_float, default=0.5, help="fraction of A's n-grams found in one B question")
+    c.add_argument("--max-pairs", type=nonneg_int, default=50, help="pairs printed (0: all; --json prints all)")
     c.add_argument("--json", action="store_true")
     c.add_argument("--skip-invalid", action="store_true")
     c.set_defaults(func=cmd_data_contamination)

@@ -51,6 +51,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medrlvr.argtypes import nonneg_float, nonneg_int, positive_int
 from medrlvr.data import BENCHMARKS, MCQ, MCQSet, shuffle_options
 from medrlvr.eval.results import results_markdown, write_results
 from medrlvr.eval.stats import (bootstrap_ci, doubling_ks, guessing_majority_at_k, guessing_pass_at_k, majority_at_k,
@@ -491,8 +492,9 @@ def resolve_benchmarks(benchmarks, data_root, columns, skip_invalid: bool = Fals
 def _make_engine(engine, model, tokenizer):
     if not isinstance(engine, str):
         return engine, getattr(engine, "name", type(engine).__name__)
-    from medrlvr.rollout import make_engine
+    from medrlvr.rollout import choose_engine, make_engine
 
+    engine = choose_engine(engine, next(model.parameters()).device)
     try:
         return make_engine(engine, model, tokenizer), engine
     except ValueError as e:   # unknown engine, or one that does not support this model
@@ -767,24 +769,25 @@ def add_cli(subparsers):
     e.add_argument("--skip-invalid", action="store_true",
                    help="evaluate the valid records; list the skipped ones (as `data validate` does) on stderr")
     e.add_argument("--mode", default="cot", choices=MODES)
-    e.add_argument("--n-samples", type=int, default=1, help="samples per question (K); K > 1 adds pass@k, maj@k")
-    e.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    e.add_argument("--n-samples", type=positive_int, default=1, help="samples per question (K); K > 1 adds pass@k, maj@k")
+    e.add_argument("--limit", type=positive_int, default=None, help="first N questions of each benchmark")
     e.add_argument("--output", default=None, help="output dir (default runs/eval/<model>-<mode>); resumable")
     e.add_argument("--json", action="store_true", help="print results.json to stdout")
     e.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"], help="cot prompt template")
     e.add_argument("--no-prefill", action="store_true", help="cot: do not end the prompt with <think>")
-    e.add_argument("--engine", default="fast",
-                   help="rollout engine for cot/direct: fast (falls back to hf for unsupported models) or hf")
-    e.add_argument("--shuffles", type=int, default=0, help="K seeded option orders per question (consistency)")
+    e.add_argument("--engine", default="auto",
+                   help="rollout engine for cot/direct: auto (fast on the CPU, hf on CUDA), fast (falls back to hf "
+                        "for unsupported models) or hf")
+    e.add_argument("--shuffles", type=nonneg_int, default=0, help="K seeded option orders per question (consistency)")
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     e.add_argument("--scoring-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="loglik forward: auto = bf16 autocast where bf16 is native (fp32 opts out)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=None)
-    e.add_argument("--max-new-tokens", type=int, default=None)
-    e.add_argument("--temperature", type=float, default=None, help="default 0 for one sample, 1.0 for more")
-    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
-    e.add_argument("--threads", type=int, default=None,
+    e.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed")
+    e.add_argument("--batch-size", type=positive_int, default=None, help="questions per forward (default: the engine's)")
+    e.add_argument("--max-new-tokens", type=positive_int, default=None, help="token limit per answer (default: the mode's)")
+    e.add_argument("--temperature", type=nonneg_float, default=None, help="default 0 for one sample, 1.0 for more")
+    e.add_argument("--bootstrap", type=nonneg_int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    e.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy shared CPU, 1 is often faster than several)")
     e.add_argument("--overwrite", action="store_true", help="discard completions saved in --output (no resume)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,7 +5,7 @@
 - :mod:`medrlvr.rollout.fast`: :class:`FastEngine`, the CPU decode engine (same outputs, faster).
 
 :data:`ENGINES` maps a name (``"hf"``, ``"fast"``) to an engine class; :func:`make_engine` builds one by
-name and :func:`register_engine` adds one.
+name and :func:`register_engine` adds one; :func:`choose_engine` resolves ``"auto"`` for a device.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ def register_engine(name: str):
     return deco
 
 
+AUTO = "auto"
+
+
+def choose_engine(name: str, device, sharded: bool = False) -> str:
+    """The engine to build for ``name`` on ``device`` (a ``torch.device`` or its string): ``"auto"`` is ``"fast"``
+    for a whole model on the CPU (the fused CPU decoder, same outputs as ``hf``, faster) and ``"hf"`` elsewhere
+    (CUDA, or FSDP2-sharded weights, which the fast engine cannot read); any other name is returned as given (an
+    explicit ``"fast"`` on CUDA is refused by the engine itself with a message naming ``hf``)."""
+    if name != AUTO:
+        return name
+    dev = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    return "fast" if dev == "cpu" and not sharded else "hf"
+
+
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     """The engine ``name`` built on ``model`` and ``tokenizer``; ``kw`` go to its constructor.
 
@@ -37,6 +51,6 @@ def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     return ENGINES[name](model, tokenizer, **kw)
 
 
-__all__ = ["ENGINES", "Completion", "FastEngine", "HFEngine", "RolloutEngine", "SamplingParams",
+__all__ = ["AUTO", "ENGINES", "choose_engine", "Completion", "FastEngine", "HFEngine", "RolloutEngine", "SamplingParams",
            "UnsupportedModelError", "eos_token_ids", "finish", "make_engine", "register_engine",
            "trim_tokens_to_text", "truncate_at_stop"]

@@ -92,8 +92,9 @@ class TrainConfig:
     3 tags). Keep ``reward_no_letter`` above ``-1 + 3 x step`` so every valid answer beats every invalid one."""
 
     # --- rollout ------------------------------------------------------------------------------
-    engine: str = "hf"
-    """Rollout engine: ``hf`` (transformers generate, the reference) or ``fast``."""
+    engine: str = "auto"
+    """Rollout engine: ``auto`` (``fast`` on the CPU, ``hf`` on CUDA: :func:`medrlvr.rollout.choose_engine`),
+    ``hf`` (transformers generate, the reference) or ``fast`` (the fused CPU decoder)."""
     prompts_per_step: int = 4
     """Questions per training step: the global batch, split over processes."""
     samples_per_prompt: int = 4
@@ -423,6 +424,14 @@ def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
     return value
 
 
+def did_you_mean(word: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib ratio >= 0.6), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def autocast_setting(value: bool | str) -> bool | str:
     """An ``autocast_bf16`` setting as ``True``, ``False`` or ``"auto"`` (strings in any case, e.g. from YAML or
     a CLI flag); ``ValueError`` for anything else. :func:`medrlvr.hardware.use_autocast` resolves ``"auto"``."""
@@ -447,7 +456,8 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
         else:
             p = Path(source)
             if not p.exists():
-                raise FileNotFoundError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+                raise FileNotFoundError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+                                        + did_you_mean(source, PRESETS))
             text, origin = p.read_text(encoding="utf-8"), str(p)
         try:
             data = yaml.safe_load(text) or {}
@@ -486,7 +496,7 @@ def build_config(source: str | dict | None = None, overrides: list[str] | dict |
         for k, v in src.items():
             if k not in known:
                 where = (at(k) or f"{src_name}: ") if src is data else "override: "
-                raise ValueError(f"{where}unknown config key {k!r}")
+                raise ValueError(f"{where}unknown config key {k!r}" + did_you_mean(k, known))
             try:
                 values[k] = _coerce(k, v, known[k].type, getattr(defaults, k))
             except ValueError as e:

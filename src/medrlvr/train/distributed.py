@@ -101,7 +101,7 @@ def check_config(cfg) -> None:
     if cfg.dynamic_sampling:
         raise ValueError("config 'dynamic_sampling': not supported with more than one process (each rank would "
                          "refill a different number of rounds)")
-    if cfg.parallel == "fsdp2" and cfg.engine != "hf":
+    if cfg.parallel == "fsdp2" and cfg.engine not in ("hf", "auto"):
         raise ValueError(f"config 'engine': parallel=fsdp2 needs engine=hf (the {cfg.engine!r} engine reads whole "
                          "weight tensors, FSDP2 holds shards)")
 

@@ -13,8 +13,8 @@
   (the checkpoint's shapes depend on them) cannot change at all. Accepted changes are appended to
   ``config_changes.jsonl`` in the run directory by :func:`record_changes`.
 
-Simplification: ``max_steps`` may change freely only under a ``constant`` LR schedule (elsewhere the
-schedule's length depends on it).
+Simplification: ``max_steps`` may change without ``--allow-change`` only under a ``constant`` LR schedule
+(elsewhere the schedule's length depends on it); the change is recorded all the same.
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ def find_checkpoint(run_dir: Path) -> Path:
                 return d
     found = complete_checkpoints(ckdir)
     if not found:
-        raise FileNotFoundError(f"--resume: no complete checkpoint in {ckdir} ({problem})")
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {ckdir} ({problem}): the run stopped before "
+                                "its first checkpoint; start it again without --resume (add --overwrite to replace "
+                                "the directory)")
     _note(f"resume: {problem}; using {found[-1].name}, the newest complete checkpoint")
     return found[-1]
 
@@ -178,8 +180,9 @@ def check_drift(run_dir: Path, cfg, allow: tuple[str, ...] | list[str] = ()) -> 
         a, b = _canon(getattr(saved, k)), _canon(getattr(cfg, k))
         if a != b:
             diff[k] = (a, b)
+    free = {}   # accepted without --allow-change, recorded like an allowed change
     if "max_steps" in diff and saved.lr_schedule == "constant" and cfg.lr_schedule == "constant":
-        diff.pop("max_steps")
+        free["max_steps"] = diff.pop("max_steps")
     never = {k: v for k, v in diff.items() if k in NEVER_CHANGE}
     if never:
         lst = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in never.items())
@@ -191,7 +194,7 @@ def check_drift(run_dir: Path, cfg, allow: tuple[str, ...] | list[str] = ()) -> 
         keys = " ".join(f"--allow-change {k}" for k in refused)
         raise ValueError(f"--resume: the config differs from {path} ({lst} (saved -> now)); "
                          f"resume with the saved values, or accept with {keys}")
-    return {k: v for k, v in diff.items() if k in allow}
+    return {**{k: v for k, v in diff.items() if k in allow}, **free}
 
 
 def record_changes(run_dir: Path, step: int, changes: dict[str, tuple[Any, Any]]) -> None:

@@ -34,6 +34,9 @@ import json
 import math
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -48,7 +51,7 @@ from medrlvr.data import MCQ, load_any, shuffle_options
 from medrlvr.hardware import adamw_kwargs, set_attn_implementation, train_attn_implementation, use_autocast
 from medrlvr.models import apply_lora, is_lora, load_policy, make_critic, make_reference, reference_mode
 from medrlvr.prompts import render
-from medrlvr.rollout import SamplingParams, make_engine
+from medrlvr.rollout import SamplingParams, choose_engine, make_engine
 from medrlvr.rundir import Sample, sample_line, write_alert
 from medrlvr.eval.heldout import DETAIL_KEYS, evaluate_policy
 from medrlvr.train.stream import score_completions, stream_for, uniform_groups
@@ -122,7 +125,7 @@ class Trainer:
         self.stream = stream_for(cfg, train.records)  # global: one seed orders the data (and the curriculum)
         if self.stream.curriculum is not None and not quiet and cfg.rank == 0:
             print(f"[medrlvr] {self.stream.curriculum.summary}", flush=True)
-        self.engine = make_engine(cfg.engine, self.policy, self.tok)
+        self.engine = make_engine(choose_engine(cfg.engine, dev, self.par.sharded), self.policy, self.tok)
         if self.par.sharded:
             self.engine.synced_gpus = True
         self.step = 0
@@ -130,6 +133,7 @@ class Trainer:
         self.stopped_early = False            # stop_answered was reached (see _stop_early)
         self._answered_streak = 0
         self.skipped_steps = 0
+        self._resumed = resume
         if resume:
             self._resume()
         elif self.is_main:
@@ -438,6 +442,7 @@ class Trainer:
         t0 = time.perf_counter()
         samples, rinfo = self._rollout()
         t1 = time.perf_counter()
+        fileio.fault("step.update")  # mid-step: between the rollout and the update (tests interrupt here)
         old_lp, ref_lp, values, mask = self._score_batch(samples)
         adv, ret, ametrics = self._advantages(samples, old_lp, ref_lp, values, mask)
         if cfg.world_size > 1:  # every rank gets the global batch (rank order = global prompt order)
@@ -542,7 +547,64 @@ class Trainer:
                        dynamic_ncols=True)
         except ImportError:  # pragma: no cover
             bar = None
+        self._interrupt, self._saved_step = None, (self.step if self._resumed else None)
+        handlers = self._catch_signals()
+        try:
+            self._loop(end, bar, history)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        if bar is not None:
+            bar.close()
+        if (self.step == cfg.max_steps or self.stopped_early) and (history or not (self.out / rundir.FINAL).is_dir()):
+            self.save_final()
+        if self._tb:
+            self._tb.close()
+        return history
+
+    # ------------------------------------------------------------------------------------ interrupts
+    def _catch_signals(self) -> dict:
+        """SIGINT/SIGTERM set a flag that the loop reads at each step boundary (:meth:`_interrupted`); a second
+        SIGINT falls back to the previous handler (``KeyboardInterrupt``: the step is abandoned). Only in the main
+        thread (where Python delivers signals); returns the replaced handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, _frame):
+            self._interrupt = signum
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, old[signal.SIGINT])
+            if self.is_main:
+                print(f"\n[train] {signal.Signals(signum).name}: finishing step {self.step + 1}, then writing a "
+                      "checkpoint (Ctrl-C again abandons the step)", file=sys.stderr, flush=True)
+
+        for s in old:
+            signal.signal(s, handler)
+        return old
+
+    def _interrupted(self) -> bool:
+        """True on every rank once any rank received SIGINT/SIGTERM (a collective under torchrun)."""
+        return not distributed.all_true(self._interrupt is None)
+
+    def _stop_interrupted(self, bar) -> None:
+        """Checkpoint the finished steps (unless the newest checkpoint is this step) and raise
+        :class:`TrainingInterrupted`."""
+        ckpt = None
+        if self.step > 0 and self._saved_step != self.step:
+            ckpt = self.save_checkpoint()
+        elif self.step > 0:
+            ckpt = resume_mod.find_checkpoint(self.out) if self.is_main else None
+        if bar is not None:
+            bar.close()
+        raise TrainingInterrupted(self.step, self.cfg.max_steps, self.out, ckpt, self.is_main)
+
+    def _loop(self, end: int, bar, history: list) -> None:
+        cfg = self.cfg
+        ckpt = None
         while self.step < end:
+            if self._interrupted():                # between steps: the last step is done (and maybe saved)
+                self._stop_interrupted(bar)
             rec = self.train_step()
             early = self._stop_early(rec)
             if early:
@@ -557,8 +619,12 @@ class Trainer:
                 bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", fmt=f"{rec['format_valid']:.2f}",
                                 acc=f"{rec['accuracy']:.2f}")
             stop = cfg.on_alert == "stop" and not distributed.all_true(not self._alert_stop)  # rank 0 decides
+            interrupted = self._interrupted()
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == end or stop or early:
                 ckpt = self.save_checkpoint()
+                self._saved_step = self.step
+            if interrupted and not (self.step == end or early):
+                self._stop_interrupted(bar)
             if stop:  # on_alert: stop -- checkpointed above (every rank); the CLI exits with ALERT_EXIT_CODE
                 from medrlvr.monitor import MonitorStop
 
@@ -571,13 +637,6 @@ class Trainer:
                           f"{cfg.stop_answered:.0%} of the samples well-formed with an option letter for "
                           f"{cfg.stop_patience} steps in a row (stop_answered)", flush=True)
                 break
-        if bar is not None:
-            bar.close()
-        if self.step == cfg.max_steps or self.stopped_early:
-            self.save_final()
-        if self._tb:
-            self._tb.close()
-        return history
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _state(self, optimizer=None, rng_ranks=None) -> dict:
@@ -701,6 +760,27 @@ class Trainer:
         # lines written after the checkpoint by the interrupted run are dropped (temp file + rename)
         if self.is_main:
             resume_mod.truncate_logs(self.out, self.step)
+        if self.is_main and not self.quiet:
+            done = self.step >= self.cfg.max_steps
+            print(f"[train] resuming from step {self.step} of {self.cfg.max_steps} ({d.name})"
+                  + ("; the run already reached max_steps: nothing to train (raise it with --max-steps)"
+                     if done else ""), file=sys.stderr, flush=True)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training at a step boundary: ``step`` steps are done and checkpointed in ``ckpt``
+    (None when no step finished: nothing was saved). :meth:`line` is the one line a user sees."""
+
+    def __init__(self, step: int, max_steps: int, out: Path, ckpt: Path | None, is_main: bool = True):
+        super().__init__(f"interrupted at step {step} of {max_steps}")
+        self.step, self.max_steps, self.out, self.ckpt, self.is_main = step, max_steps, Path(out), ckpt, is_main
+
+    def line(self, again: str | None = None) -> str:
+        if self.step == 0:
+            return (f"interrupted before the first step finished; nothing saved; start again without --resume"
+                    + (f": {again}" if again else ""))
+        return (f"interrupted at step {self.step} of {self.max_steps}; checkpoint written; continue with: "
+                f"medrlvr train --resume --output {self.out}")
 
 
 class _EngineCall:
@@ -710,8 +790,29 @@ class _EngineCall:
         self.generate = fn
 
 
+def claim_run_dir(output_dir: str | Path, overwrite: bool = False, quiet: bool = False) -> None:
+    """A new run's directory: refused (``FileExistsError``) when it exists and is not empty, unless ``overwrite``,
+    which removes the old run first and says so. Runs are never trained over or mixed silently."""
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--output {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"run directory {out} is not empty: continue it with --resume, replace it with "
+                              "--overwrite, or choose another --output")
+    shutil.rmtree(out)
+    if not quiet:
+        print(f"[train] --overwrite: removed the old run in {out}", file=sys.stderr, flush=True)
+
+
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, max_steps: int | None = None,
-          quiet: bool = False, allow_change: tuple[str, ...] = ()) -> Trainer:
+          quiet: bool = False, allow_change: tuple[str, ...] = (), overwrite: bool = False) -> Trainer:
+    """Train ``cfg`` into ``output_dir`` (a new run: see :func:`claim_run_dir`; ``resume``: continue it)."""
+    if not resume and distributed.env_world()[0] == 0:
+        claim_run_dir(output_dir, overwrite, quiet)
     t = Trainer(cfg, output_dir, resume=resume, quiet=quiet, allow_change=allow_change)
     t.train(max_steps)
     return t

@@ -27,6 +27,7 @@ from pathlib import Path
 from medrlvr.integrations.verl.mapping import (AGENT_LOOP_NAME, FIELD_MAP, MARKER, VERL_VERSION, check_mappable,
                                                verl_overrides, verl_row)
 from medrlvr import rundir
+from medrlvr.argtypes import positive_int
 from medrlvr.prompts import render, response_prefix
 from medrlvr.train.config import TrainConfig, build_config, save_config
 from medrlvr.train.stream import stream_for
@@ -246,10 +247,10 @@ def add_cli(sub) -> None:
     p = vs.add_parser("prepare", help="write train/val parquet, the reward entry point and run.sh")
     p.add_argument("--config", required=True, help="preset (paper-3b, cpu-demo, ...) or a YAML file")
     p.add_argument("--out", required=True, help="the verl run directory to write")
-    p.add_argument("--nnodes", type=int, default=1, help="nodes (run_multinode.sh uses at least 2)")
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--nnodes", type=positive_int, default=1, help="nodes (run_multinode.sh uses at least 2)")
+    p.add_argument("--gpus-per-node", type=positive_int, default=8)
     p.add_argument("--rollout", default="vllm", choices=["vllm", "sglang"], help="verl rollout engine")
-    p.add_argument("--max-prompt-length", type=int, default=None,
+    p.add_argument("--max-prompt-length", type=positive_int, default=None,
                    help="data.max_prompt_length (default: the longest prompt, rounded up to 64)")
     p.add_argument("--model-path", default=None, help="model directory as the GPU nodes see it (default: model)")
     p.add_argument("--data-root", default=None)
