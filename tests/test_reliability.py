@@ -491,3 +491,75 @@ def test_eval_cli_bad_completions_line_exits_2(bad, needle, tmp_path, capsys):
                    "--quiet", "--bootstrap", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and needle in err[-1] and "starter_test.completions.jsonl" in err[-1], err
+
+
+# ------------------------------------------------------------------------------ SIGINT / SIGTERM
+class _SignalAt:
+    """Fault hook: deliver ``sig`` to this process the first time ``label`` is reached (as Ctrl-C would)."""
+
+    def __init__(self, label, sig):
+        self.label, self.sig, self.fired = label, sig, False
+
+    def __call__(self, label):
+        if label == self.label and not self.fired:
+            self.fired = True
+            import signal
+
+            signal.raise_signal(self.sig)
+
+
+@pytest.mark.parametrize("label,sig", [("log.metrics", "SIGINT"),      # at the step boundary (step 1 logged)
+                                       ("step.update", "SIGINT"),      # mid-step (between rollout and update)
+                                       ("step.update", "SIGTERM")])
+def test_interrupt_checkpoints_and_resume_equals_an_uninterrupted_run(label, sig, reference, tokenizer, tmp_path,
+                                                                      monkeypatch, one_thread):
+    """SIGINT/SIGTERM during step 1 (no checkpoint planned: save_every=0): the step finishes, a checkpoint is
+    written, TrainingInterrupted says how to continue; resuming ends with the uninterrupted run's weights and
+    metrics. The signal handlers are restored afterwards."""
+    import signal
+
+    from medrlvr.train.trainer import TrainingInterrupted
+
+    run, _, _ = reference
+    before = signal.getsignal(signal.SIGINT)
+    hook = _SignalAt(label, getattr(signal, sig))
+    monkeypatch.setattr(fileio, "HOOK", hook)
+    with pytest.raises(TrainingInterrupted) as e:
+        _trainer(tmp_path, tokenizer, save_every=0).train()
+    monkeypatch.setattr(fileio, "HOOK", None)
+    assert hook.fired and e.value.step == 1 and signal.getsignal(signal.SIGINT) is before
+    assert (tmp_path / "checkpoints" / "step_1" / "step").is_file()
+    assert e.value.line() == (f"interrupted at step 1 of 2; checkpoint written; continue with: "
+                              f"medrlvr train --resume --output {tmp_path}")
+    _trainer(tmp_path, tokenizer, resume=True, save_every=0).train()
+    assert _same(_final(run), _final(tmp_path)) and _metrics(run) == _metrics(tmp_path)
+
+
+def test_cli_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(fileio, "HOOK", _SignalAt("step.update", __import__("signal").SIGINT))
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--config", "tiny", "--output", str(out), "max_steps=3", "max_new_tokens=4",
+                   "eval_limit=1", "eval_every=0", "save_every=0"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert f"medrlvr: interrupted at step 1 of 3; checkpoint written; continue with: medrlvr train --resume " \
+           f"--output {out}" in err
+    monkeypatch.setattr(fileio, "HOOK", None)
+    assert cli.main(["train", "--resume", "--output", str(out)]) == 0     # no --config: the run's config.yaml
+    err = capsys.readouterr().err
+    assert "resuming from step 1 of 3" in err
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_interrupted_before_the_first_step_says_to_start_again():
+    from medrlvr.train.trainer import TrainingInterrupted
+
+    line = TrainingInterrupted(0, 4, Path("runs/x"), None).line("medrlvr train --config tiny --output runs/x")
+    assert "start again without --resume: medrlvr train --config tiny --output runs/x" in line
+
+
+def test_resume_without_a_checkpoint_says_to_start_again(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model: tiny\n")
+    rc = cli.main(["train", "--resume", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "start it again without --resume" in err and len(err.strip().splitlines()) == 1

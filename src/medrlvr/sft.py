@@ -401,11 +401,11 @@ def add_cli(subparsers):
                    help=f"default {d.lr_schedule}")
     s.add_argument("--warmup-ratio", type=unit_float, default=None, help=f"linear warm-up share of the steps (default {d.warmup_ratio:g})")
     s.add_argument("--shuffle-options", action="store_true", default=None, help="re-shuffle options every epoch")
-    s.add_argument("--dtype", default=None, choices=["fp32", "bf16"])
+    s.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="trained weights' dtype (default fp32)")
     s.add_argument("--autocast-bf16", default=None, choices=["auto", "true", "false"],
                    help="bf16 autocast for the training forward/backward (default auto: where bf16 is native)")
     s.add_argument("--seed", type=nonneg_int, default=None, help="run seed (default 0)")
     s.add_argument("--output", default=None, help="output dir (default runs/sft)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_sft)
     return s

@@ -284,14 +284,15 @@ def add_cli(sub) -> None:
         x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
         if name != "validate":
             x.add_argument("--skip-invalid", action="store_true", help="load the valid records, report the others")
-            x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"])
+            x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"],
+                           help="prompt template (medrlvr.prompts)")
             x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
         if name == "show":
             x.add_argument("--n", type=positive_int, default=3, help="prompts printed")
             x.add_argument("--model", default="smollm2-135m", help="tokenizer for --template chat")
         if name == "export":
-            x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf"])
-            x.add_argument("--out", required=True)
+            x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf"], help="target framework")
+            x.add_argument("--out", required=True, help="output file or folder")
         x.set_defaults(func=fn)
     c = dsub.add_parser("contamination", help="questions of A that also appear in B (exact or by word n-grams)")
     c.add_argument("a", help="the set to check (benchmark name[:split] or file), e.g. your training file")
@@ -302,8 +303,8 @@ def add_cli(sub) -> None:
     c.add_argument("--n", type=positive_int, default=8, help="word n-gram length (default 8)")
     c.add_argument("--threshold", type=open_unit_float, default=0.5, help="fraction of A's n-grams found in one B question")
     c.add_argument("--max-pairs", type=nonneg_int, default=50, help="pairs printed (0: all; --json prints all)")
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--skip-invalid", action="store_true")
+    c.add_argument("--json", action="store_true", help="every pair as JSON")
+    c.add_argument("--skip-invalid", action="store_true", help="compare the valid records, report the others")
     c.set_defaults(func=cmd_data_contamination)
     pos_int = _positive(int)
     x = dsub.add_parser("difficulty", help="each question's pass rate over K samples of a model (JSONL, resumable)")

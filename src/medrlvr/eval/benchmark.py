@@ -768,7 +768,8 @@ def add_cli(subparsers):
                         "'a.csv=question=q,gold=k;b.jsonl=options=choices,gold=label,gold_type=index0'")
     e.add_argument("--skip-invalid", action="store_true",
                    help="evaluate the valid records; list the skipped ones (as `data validate` does) on stderr")
-    e.add_argument("--mode", default="cot", choices=MODES)
+    e.add_argument("--mode", default="cot", choices=MODES,
+                   help="cot: sampled reasoning + answer; direct: a letter; loglik: option log-likelihoods")
     e.add_argument("--n-samples", type=positive_int, default=1, help="samples per question (K); K > 1 adds pass@k, maj@k")
     e.add_argument("--limit", type=positive_int, default=None, help="first N questions of each benchmark")
     e.add_argument("--output", default=None, help="output dir (default runs/eval/<model>-<mode>); resumable")
@@ -779,7 +780,7 @@ def add_cli(subparsers):
                    help="rollout engine for cot/direct: auto (fast on the CPU, hf on CUDA), fast (falls back to hf "
                         "for unsupported models) or hf")
     e.add_argument("--shuffles", type=nonneg_int, default=0, help="K seeded option orders per question (consistency)")
-    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="model weights' dtype")
     e.add_argument("--scoring-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="loglik forward: auto = bf16 autocast where bf16 is native (fp32 opts out)")
     e.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed")

@@ -248,12 +248,13 @@ def add_cli(sub) -> None:
     p.add_argument("--config", required=True, help="preset (paper-3b, cpu-demo, ...) or a YAML file")
     p.add_argument("--out", required=True, help="the verl run directory to write")
     p.add_argument("--nnodes", type=positive_int, default=1, help="nodes (run_multinode.sh uses at least 2)")
-    p.add_argument("--gpus-per-node", type=positive_int, default=8)
+    p.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs per node")
     p.add_argument("--rollout", default="vllm", choices=["vllm", "sglang"], help="verl rollout engine")
     p.add_argument("--max-prompt-length", type=positive_int, default=None,
                    help="data.max_prompt_length (default: the longest prompt, rounded up to 64)")
     p.add_argument("--model-path", default=None, help="model directory as the GPU nodes see it (default: model)")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None,
+                   help="folder with medqa/, mmlu_pro/, ... (default: $MEDRLVR_DATA_ROOT, else ../shared/data)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the medrlvr config")
     p.set_defaults(func=_cmd_prepare)
     la = vs.add_parser("launch", help="run DIR/run.sh where verl is installed (extra args: verl overrides)")
