@@ -100,20 +100,31 @@ def resolve_model_path(name: str) -> str:
 
 def check_model_source(name: str) -> None:
     """Refuse, in one line and without reaching the Hub, a model that is a local path but not a model
-    directory. ``name`` is a local path when it exists, starts with ``/``, ``.`` or ``~``, or has more than
-    one ``/`` (a Hub id is ``org/name``); anything else is left to the Hub (see :func:`_hub_error`)."""
+    directory (:func:`medrlvr.hub.looks_local`: it exists, starts with ``/``, ``.`` or ``~``, has more than one
+    ``/``, or its first part is an existing directory, as ``runs/x``). A Hub id is checked for network once
+    (:func:`medrlvr.hub.ensure_reachable`, a few seconds): without it the libraries go offline, so a cached
+    model still loads and an uncached one fails at once (see :func:`_hub_error`)."""
     if name in (EMBEDDED_ALIAS, TINY_ALIAS):
         return
+    from medrlvr.hub import ensure_reachable, looks_local
+
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
             raise FileNotFoundError(f"model {name!r}: {p} is not a Hugging Face model directory (no config.json)")
         return
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+    if looks_local(name):
         raise FileNotFoundError(f"model {name!r}: no such directory")
+    ensure_reachable()
 
 
 def _hub_error(name: str, e: Exception) -> FileNotFoundError:
+    from medrlvr.hub import offline
+
+    if offline():
+        return FileNotFoundError(f"model {name!r}: not a local directory, and not in the local Hugging Face cache "
+                                 "(the Hub is unreachable or offline mode is set): download it where there is network, "
+                                 "or pass a model directory")
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return FileNotFoundError(f"model {name!r}: not a local directory, and it could not be loaded from the "
                              f"Hugging Face Hub ({first[:200]})")

@@ -70,21 +70,24 @@ AGENT_LOOPS_FILE = """# verl agent loops, written by `medrlvr verl prepare`
 """
 
 
-def _max_prompt_tokens(prompts: Sequence[str], model: str) -> tuple[int, str]:
-    """Longest prompt in tokens with the model's tokenizer, else a UTF-8 byte bound (byte-level BPE tokens
-    cover at least one byte each). verl 0.9.1's agent loop left-truncates a prompt longer than
-    ``data.max_prompt_length`` with only a warning, so the bound must hold for every prompt."""
-    try:
-        from medrlvr.models import load_tokenizer
+def _max_prompt_tokens(prompts: Sequence[str], model: str, model_path: str | None = None) -> tuple[int, str]:
+    """Longest prompt in tokens with the model's tokenizer: ``model_path`` when it is a local directory, else
+    ``model`` (a local directory, an alias, or a Hub id in the local cache or reachable). verl 0.9.1's agent loop
+    left-truncates a prompt longer than ``data.max_prompt_length`` with only a warning, so the length must be
+    counted in the model's tokens; without its tokenizer this refuses (``FileNotFoundError``) rather than guess."""
+    from medrlvr.models import load_tokenizer
 
-        tok = load_tokenizer(model)
-        longest = 0
-        for i in range(0, len(prompts), 1024):
-            enc = tok(list(prompts[i:i + 1024]), add_special_tokens=False)["input_ids"]
-            longest = max(longest, max(map(len, enc)))
-        return longest, "tokens"
-    except Exception as e:  # noqa: BLE001 - no tokenizer here (e.g. a Hub id offline): bound instead
-        return max(len(p.encode("utf-8")) for p in prompts), f"UTF-8 bytes (tokenizer unavailable: {type(e).__name__})"
+    src = model_path if model_path and Path(model_path).expanduser().is_dir() else model
+    try:
+        tok = load_tokenizer(src)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"verl prepare counts prompt lengths with the model's tokenizer, which cannot be "
+                                f"loaded here ({e}); pass --model-path to a local copy of the model") from None
+    longest = 0
+    for i in range(0, len(prompts), 1024):
+        enc = tok(list(prompts[i:i + 1024]), add_special_tokens=False)["input_ids"]
+        longest = max(longest, max(map(len, enc)))
+    return longest, "tokens"
 
 
 def prepare(cfg: TrainConfig, out: str | Path, *, nnodes: int = 1, gpus_per_node: int = 8, rollout: str = "vllm",
@@ -119,7 +122,7 @@ def prepare(cfg: TrainConfig, out: str | Path, *, nnodes: int = 1, gpus_per_node
     _write_parquet(tr_rows, out / "train.parquet")
     _write_parquet(va_rows, out / "val.parquet")
     prompts = sorted({r["prompt"][0]["content"] for r in tr_rows + va_rows})
-    longest, unit = _max_prompt_tokens(prompts, cfg.model)  # every distinct prompt: verl would cut a longer one
+    longest, unit = _max_prompt_tokens(prompts, cfg.model, model_path)  # every distinct prompt: verl would cut a longer one
     if max_prompt_length is None:
         max_prompt_length = int(math.ceil(longest / 64) * 64)
     elif max_prompt_length < longest:
