@@ -61,10 +61,10 @@ def test_a_hub_id_without_network_fails_fast_in_one_line(tmp_path, monkeypatch, 
 
 
 def test_verl_prepare_refuses_without_the_models_tokenizer(tmp_path, monkeypatch, no_network):
-    from medrlvr.integrations.verl.prepare import _max_prompt_tokens
+    from medrlvr.integrations.verl.prepare import max_prompt_tokens
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(FileNotFoundError, match="--model-path"):
-        _max_prompt_tokens(["a prompt"], "some-org/some-model")
-    n, unit = _max_prompt_tokens(["one two three", "x"], "tiny")    # a tokenizer it can load: tokens
+        max_prompt_tokens(["a prompt"], "some-org/some-model")
+    n, unit = max_prompt_tokens(["one two three", "x"], "tiny")    # a tokenizer it can load: tokens
     assert unit == "tokens" and 2 <= n < len("one two three")

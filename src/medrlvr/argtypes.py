@@ -43,6 +43,15 @@ def _typed(name: str, kind: type, lo: float, lo_open: bool, hi: float | None = N
     return conv
 
 
+def did_you_mean(word: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib ratio >= 0.6), else ``""``: for a
+    mistyped preset, config key or benchmark name."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 positive_int = _typed("positive_int", int, 1, False)
 nonneg_int = _typed("nonneg_int", int, 0, False)
 positive_float = _typed("positive_float", float, 0.0, True)

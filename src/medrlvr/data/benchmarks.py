@@ -1,7 +1,9 @@
 """Named benchmarks resolved under a data root.
 
 The data root is, in order: the ``data_root`` argument (CLI ``--data-root``), the environment variable
-``MEDRLVR_DATA_ROOT``, then ``../shared/data`` relative to the current directory when it exists.
+``MEDRLVR_DATA_ROOT``, then ``../shared/data`` relative to the current directory when it exists (the same
+lookup for the command line and the Python API). ``medrlvr data fetch NAME --out DIR`` downloads a benchmark
+into a data root (:mod:`medrlvr.data.fetch`).
 A name may carry a split after a colon: ``medqa-4opt:dev``. ``starter`` is the built-in set and
 needs no data root.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from medrlvr.data.loaders import load_medmcqa, load_medqa, load_mmlu_csv, load_mmlu_pro, load_pubmedqa
-from medrlvr.records import MCQSet
+from medrlvr.records import DataError, MCQSet
 
 MMLU_MEDICAL_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                          "professional_medicine")
@@ -37,10 +39,10 @@ def _medqa(prefix: str, name: str):
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
-        Benchmark("medqa", "MedQA-USMLE, original 5 options (A-E), as in Med-RLVR", ("test", "dev"),
+        Benchmark("medqa", "MedQA-USMLE, original 5 options (A-E), as in Med-RLVR", ("test", "dev", "train"),
                   _medqa("us", "medqa"), "id"),
-        Benchmark("medqa-4opt", "MedQA-USMLE, 4 options (A-D)", ("test", "dev"), _medqa("us_4_options", "medqa-4opt"),
-                  "id"),
+        Benchmark("medqa-4opt", "MedQA-USMLE, 4 options (A-D)", ("test", "dev", "train"),
+                  _medqa("us_4_options", "medqa-4opt"), "id"),
         Benchmark("mmlu-pro-health", "MMLU-Pro, health category, 3-10 options", ("test",),
                   lambda root, split, skip: load_mmlu_pro(root / "mmlu_pro" / "health_test.jsonl", "health",
                                                           split=split, skip_invalid=skip)),
@@ -94,12 +96,20 @@ def load_benchmark(spec: str, data_root: str | os.PathLike | None = None, split:
     if split not in b.splits:
         raise ValueError(f"benchmark {name!r} has splits {', '.join(b.splits)}, not {split!r}")
     root = resolve_data_root(data_root)
+    get = f"download it with: medrlvr data fetch {name} --out DIR"
     if name != "starter":
         if root is None:
-            raise FileNotFoundError(f"benchmark {name!r} needs a data root: pass --data-root DIR or set "
-                                    "MEDRLVR_DATA_ROOT (the folder holding medqa/, mmlu_pro/, ...)")
+            raise FileNotFoundError(f"benchmark {name!r} needs a data root (the folder holding medqa/, mmlu_pro/, "
+                                    f"...): {get}, then pass --data-root DIR (Python: data_root=DIR) or set "
+                                    "MEDRLVR_DATA_ROOT=DIR")
         if not root.is_dir():
-            raise FileNotFoundError(f"data root {root} is not a directory")
-    return b.loader(root if root is not None else Path("."), split, skip_invalid)
+            raise FileNotFoundError(f"data root {root} is not a directory; {get}")
+    try:
+        return b.loader(root if root is not None else Path("."), split, skip_invalid)
+    except DataError as e:
+        if e.reason != "file not found":
+            raise
+        raise FileNotFoundError(f"benchmark {name!r} split {split!r}: {e.path} not found; "
+                                f"{get.replace('DIR', str(root))}") from None
 
 

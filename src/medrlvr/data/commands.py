@@ -1,5 +1,5 @@
 """``medrlvr data`` subcommands: ``stats``, ``validate``, ``show``, ``export``, ``contamination``, ``difficulty``,
-``filter``.
+``filter``, ``fetch`` (:mod:`medrlvr.data.fetch`).
 
 Sources are benchmark names (``NAME[:SPLIT]``), files (``.jsonl/.json/.csv/.parquet``, a nested JSON set as
 ``FILE.json:KEY``) or ``hub:ID``. ``--columns`` takes one column map for every file or one per file
@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from medrlvr.argtypes import nonneg_int, open_unit_float, positive_int
+from medrlvr.argtypes import nonneg_int, open_unit_float, positive_float, positive_int
 from medrlvr.data.sources import columns_for_sources, load_any, load_sources
 
 
@@ -160,21 +160,6 @@ def cmd_data_contamination(a) -> int:
     return 0
 
 
-def _positive(kind):
-    """An argparse type: a number > 0 (``int`` or ``float``), else one line naming the value (exit 2)."""
-    def conv(text: str):
-        import argparse
-
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-    return conv
-
-
 def cmd_data_difficulty(a) -> int:
     import contextlib
     import io
@@ -306,7 +291,6 @@ def add_cli(sub) -> None:
     c.add_argument("--json", action="store_true", help="every pair as JSON")
     c.add_argument("--skip-invalid", action="store_true", help="compare the valid records, report the others")
     c.set_defaults(func=cmd_data_contamination)
-    pos_int = _positive(int)
     x = dsub.add_parser("difficulty", help="each question's pass rate over K samples of a model (JSONL, resumable)")
     x.add_argument("source", help="benchmark name[:split] or a file")
     _data_root_arg(x)
@@ -314,20 +298,20 @@ def add_cli(sub) -> None:
     x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
     x.add_argument("--skip-invalid", action="store_true", help="measure the valid records, report the others")
     x.add_argument("--model", required=True, help="smollm2-135m, tiny, a Hugging Face dir (or a run dir with final/)")
-    x.add_argument("--k", type=pos_int, required=True, help="samples per question (loglik: 1)")
+    x.add_argument("--k", type=positive_int, required=True, help="samples per question (loglik: 1)")
     x.add_argument("--mode", default="cot", choices=["cot", "loglik"],
                    help="cot: correct answers of K samples; loglik: probability of the gold letter")
     x.add_argument("--output", default=None, help="the difficulty file (default SOURCE.difficulty.jsonl); resumable")
-    x.add_argument("--limit", type=pos_int, default=None, help="first N questions")
-    x.add_argument("--temperature", type=float, default=1.0, help="cot sampling temperature (default 1.0)")
-    x.add_argument("--max-new-tokens", type=pos_int, default=512)
+    x.add_argument("--limit", type=positive_int, default=None, help="first N questions")
+    x.add_argument("--temperature", type=positive_float, default=1.0, help="cot sampling temperature (default 1.0)")
+    x.add_argument("--max-new-tokens", type=positive_int, default=512)
     x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"])
     x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
-    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--seed", type=nonneg_int, default=0)
     x.add_argument("--engine", default="fast", help="fast (falls back to hf for unsupported models) or hf")
-    x.add_argument("--batch-size", type=pos_int, default=None)
+    x.add_argument("--batch-size", type=positive_int, default=None)
     x.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    x.add_argument("--threads", type=pos_int, default=None, help="torch CPU threads")
+    x.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     x.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming --output")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.set_defaults(func=cmd_data_difficulty)
@@ -341,3 +325,6 @@ def add_cli(sub) -> None:
     f.add_argument("--keep", required=True, help="LOW:HIGH pass rates kept, both included (0.1:0.9, 1/8:7/8)")
     f.add_argument("--out", default=None, help="write the kept questions as JSONL (loads with no column map)")
     f.set_defaults(func=cmd_data_filter)
+    from medrlvr.data.fetch import add_cli as add_fetch_cli
+
+    add_fetch_cli(dsub)

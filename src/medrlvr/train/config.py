@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from medrlvr.argtypes import did_you_mean
+
 ALGOS = ("ppo", "grpo", "dr_grpo", "rloo")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl", "abs")
@@ -422,14 +424,6 @@ def _coerce(key: str, value: Any, typ: Any, default: Any) -> Any:
         if value is not None or "None" not in str(typ):
             raise ValueError(f"config '{key}': expected a number, got {value!r}")
     return value
-
-
-def did_you_mean(word: str, choices) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib ratio >= 0.6), else ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def autocast_setting(value: bool | str) -> bool | str:

@@ -70,7 +70,7 @@ AGENT_LOOPS_FILE = """# verl agent loops, written by `medrlvr verl prepare`
 """
 
 
-def _max_prompt_tokens(prompts: Sequence[str], model: str, model_path: str | None = None) -> tuple[int, str]:
+def max_prompt_tokens(prompts: Sequence[str], model: str, model_path: str | None = None) -> tuple[int, str]:
     """Longest prompt in tokens with the model's tokenizer: ``model_path`` when it is a local directory, else
     ``model`` (a local directory, an alias, or a Hub id in the local cache or reachable). verl 0.9.1's agent loop
     left-truncates a prompt longer than ``data.max_prompt_length`` with only a warning, so the length must be
@@ -122,7 +122,7 @@ def prepare(cfg: TrainConfig, out: str | Path, *, nnodes: int = 1, gpus_per_node
     _write_parquet(tr_rows, out / "train.parquet")
     _write_parquet(va_rows, out / "val.parquet")
     prompts = sorted({r["prompt"][0]["content"] for r in tr_rows + va_rows})
-    longest, unit = _max_prompt_tokens(prompts, cfg.model, model_path)  # every distinct prompt: verl would cut a longer one
+    longest, unit = max_prompt_tokens(prompts, cfg.model, model_path)  # every distinct prompt: verl would cut a longer one
     if max_prompt_length is None:
         max_prompt_length = int(math.ceil(longest / 64) * 64)
     elif max_prompt_length < longest:
