@@ -151,7 +151,7 @@ def test_table_is_big_enough():
     ids=[c[0] for c in CASES],
 )
 def test_paper_table(response, gold, n_options, options, reward, format_ok, pred, flags):
-    r = score(response, gold, n_options, options=options)
+    r = score(response, gold, n_options, options=options, prefill=None)   # whole responses, pre-fill included
     assert (r.reward, r.format_ok, r.pred, r.flags) == (reward, format_ok, pred, flags)
     assert r.correct == (format_ok and pred == gold)
     assert isinstance(r.reward, float)
@@ -308,11 +308,11 @@ def test_composite_scheme(response, gold, expected):
     ],
 )
 def test_shaped_scheme(response, gold, expected, ok):
-    r = score(response, gold, 4, scheme="shaped")
+    r = score(response, gold, 4, scheme="shaped", prefill=None)   # whole responses
     assert (r.reward, r.format_ok) == (expected, ok)
     # never above a valid response, and the paper's verdict on the format is unchanged (but a template
     # echo, which the paper accepts, is a bad format here)
-    assert r.format_ok == (score(response, gold, 4, scheme="paper").format_ok and "template_echo" not in r.flags)
+    assert r.format_ok == (score(response, gold, 4, scheme="paper", prefill=None).format_ok and "template_echo" not in r.flags)
     assert r.reward < 0 or r.format_ok
 
 
@@ -639,3 +639,14 @@ def test_template_texts_match_the_prompts():
         assert t in fixed, t
     for ph in TEMPLATE_PLACEHOLDERS:
         assert f"> {ph} <" in prompts.R1_ZERO_SYSTEM
+
+
+def test_score_of_a_completion_of_the_default_prompt():
+    """The default prompt ends with a pre-filled <think>: its completion scores as the whole response does, by
+    default; prefill=None scores the text as given (a prompt without pre-fill)."""
+    completion = "Aspirin blocks COX-1.</think><answer>C</answer>"
+    whole = "<think>" + completion
+    assert score(completion, "C", 4).reward == 1.0 == score(whole, "C", 4).reward
+    assert score(completion, "C", 4).flags == score(whole, "C", 4).flags == []
+    r = score(completion, "C", 4, prefill=None)
+    assert r.reward == -1.0 and not r.format_ok

@@ -409,3 +409,10 @@ def test_template_echo_stage():
     assert classify("<think> reasoning process here </think> <answer> C </answer>", "C", 4) == "template_echo"
     assert classify("<think>Aspirin blocks COX-1 in platelets.</think><answer>C</answer>", "C", 4) == "concise_structurer"
     assert classify("<think> reasoning process here </think>", "C", 4) == "format_failure"
+
+
+def test_classify_a_completion_of_the_default_prompt():
+    """A completion after the default prompt's pre-filled <think> classifies as its whole response does."""
+    completion = "The drug blocks COX-1, so the answer is C.</think><answer>C</answer>"
+    assert classify(completion, "C", 4) == classify("<think>" + completion, "C", 4) != "format_failure"
+    assert classify(completion, "C", 4, prefill=None) == "format_failure"

@@ -110,6 +110,7 @@ from medrlvr.reward import (
     Parsed,
     RewardConfig,
     detect_flags,
+    join_prefill,
     extract_letter,
     parse,
 )
@@ -556,17 +557,24 @@ def classify(
     config: StageConfig | None = None,
     tokenizer: Any = None,
     feats: Mapping[str, Any] | None = None,
+    prefill: str | None = THINK_OPEN,
 ) -> str:
     """Return the stage (one of :data:`STAGES`) of one response; rules in the module docstring.
 
     Args:
-        response: the assistant's whole text, pre-filled ``<think>`` included.
+        response: a completion of the default prompt (which ends with the pre-filled ``<think>``) or the
+            assistant's whole text with the pre-fill included: both classify alike (the pre-fill is joined with
+            :func:`medrlvr.reward.join_prefill`, as :func:`medrlvr.reward.score` does).
         gold, n_options, options: as for :func:`features` (they sharpen the give-away check).
         config: thresholds (default :class:`StageConfig()`).
         tokenizer: passed to :func:`features` (does not change the stage).
         feats: precomputed ``features(...)`` of this response, to avoid recomputing them.
+        prefill: what the prompt pre-filled (default ``"<think>"``, the default prompt's); ``None`` for a
+            response that is already whole or a prompt without a pre-fill.
     """
     cfg = config or StageConfig()
+    if feats is None and prefill and isinstance(response, str):
+        response = join_prefill(response, prefill)
     f = feats if feats is not None else features(response, gold, n_options, options, tokenizer, cfg)
 
     # 1-2: structure
@@ -643,7 +651,7 @@ def classify_sample(sample: Mapping[str, Any], config: StageConfig | None = None
     """:func:`classify` applied to one ``samples.jsonl`` row (never raises on odd rows)."""
     cfg = config or StageConfig()
     gold, n, opts = _sample_args(sample)
-    return classify(sample_response(sample, cfg.prefill), gold, n, opts, cfg)
+    return classify(sample_response(sample, cfg.prefill), gold, n, opts, cfg, prefill=None)
 
 
 def sample_features(samples: Iterable[Mapping[str, Any]], config: StageConfig | None = None) -> list[dict[str, Any]]:

@@ -259,8 +259,8 @@ def _score_generation(it: _Item, comps, mode: str, prefix: str, scheme: str) -> 
     samples = []
     for c in comps:
         if mode == "cot":   # the response as the trainer scores it (join_prefill: a re-opened <think> counts)
-            r = score(join_prefill(c.text, prefix), it.rec.gold, it.rec.n_options, scheme=scheme,
-                      options=it.rec.options)
+            r = score(c.text, it.rec.gold, it.rec.n_options, scheme=scheme, options=it.rec.options,
+                      prefill=prefix)
             pred, fmt, correct, flags = r.pred, r.format_ok, r.correct, list(r.flags)
         else:
             # the answer is the first non-empty line (engines cut at the "\n" stop; a fake one may not)

@@ -74,7 +74,7 @@ def make_reward_func(scheme: str = "paper", prefill: str | None = THINK_PREFILL)
             if prefill:
                 resp = join_prefill(resp, prefill)
             gold, n, opts = _label(lab, p)
-            r = score(resp, gold, n, scheme=scheme, options=opts or None)
+            r = score(resp, gold, n, scheme=scheme, options=opts or None, prefill=None)
             rewards.append(r.reward)
             correct.append(float(r.correct))
             fmt.append(float(r.format_ok))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from medrlvr.reward import RewardConfig, completion_text, join_prefill, score
+from medrlvr.reward import RewardConfig, completion_text, score
 from medrlvr.reward.schemes import get_scheme
 
 
@@ -61,7 +61,7 @@ def make_trl_reward_func(
         ns = _per_item(n_options, n, "n_options")
         opts = _per_item(options, n, "options")
         return [
-            score(join_prefill(completion_text(c), prefill), g, k, scheme=scheme, options=o, config=cfg).reward
+            score(completion_text(c), g, k, scheme=scheme, options=o, config=cfg, prefill=prefill).reward
             for c, g, k, o in zip(comps, golds, ns, opts)
         ]
 

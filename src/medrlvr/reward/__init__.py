@@ -18,11 +18,12 @@ whitespace run; ``bench/reward_fuzz.py`` measures adversarial families up to 256
 
 What is scored
 --------------
-The ``response`` passed to :func:`score` is the assistant's **whole** text,
-*including* any pre-filled ``"<think>"``.  Training setups that pre-fill the
-assistant turn with ``"<think>"`` generate only the continuation; callers must
-prepend the pre-fill before scoring (:func:`join_prefill`; the TRL, verl and OpenRLHF
-adapters in :mod:`medrlvr.integrations` do this for you).
+What is scored is the assistant's **whole** text, *including* any pre-filled ``"<think>"``. The default
+prompt pre-fills the assistant turn with ``"<think>"`` and the model generates only the continuation, so
+:func:`score` joins its ``prefill`` argument (default ``"<think>"``) to the response with :func:`join_prefill`,
+which leaves a response that already opens ``<think>`` unchanged: a completion and its whole response score
+alike. Pass ``prefill=None`` for a prompt without a pre-fill (``prefill_think=False``, chat or direct
+templates). The TRL, verl and OpenRLHF adapters in :mod:`medrlvr.integrations` join their configured pre-fill.
 
 Tag matching
 ------------

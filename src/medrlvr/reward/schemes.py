@@ -12,7 +12,7 @@ from medrlvr.records import LETTERS
 from medrlvr.reward.config import RewardConfig
 from medrlvr.reward.flags import detect_flags
 from medrlvr.reward.letters import check_n_options, extract_letter
-from medrlvr.reward.parse import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Parsed, parse
+from medrlvr.reward.parse import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Parsed, join_prefill, parse
 
 @dataclass
 class RewardResult:
@@ -165,18 +165,24 @@ def score(
     scheme: str = "paper",
     options: dict[str, str] | None = None,
     config: RewardConfig | None = None,
+    prefill: str | None = THINK_OPEN,
 ) -> RewardResult:
     """Score one response.
 
     Args:
-        response: the assistant's whole text **including** any pre-filled
-            ``"<think>"`` (prepend the pre-fill yourself if you generate after it).
+        response: a completion of the default prompt (which ends with the pre-filled ``"<think>"``), or the
+            assistant's whole text with the pre-fill included: both score alike, since the pre-fill is joined
+            with :func:`~medrlvr.reward.join_prefill` (which leaves a response that already opens ``<think>``
+            unchanged).
         gold: the gold letter (case-insensitive, surrounding spaces ignored).
         n_options: number of options, 2..26 (MedQA 4-5, MMLU-Pro up to 10).
         scheme: a name in :data:`SCHEMES` (``"paper"``, ``"strict"``, ``"composite"``, ...).
         options: optional ``{letter: option text}``; enables matching answers
             given as option text and option-text detection in ``answer_in_think``.
         config: thresholds and penalties (default :class:`RewardConfig()`).
+        prefill: what the prompt pre-filled (default ``"<think>"``, as the default R1-Zero prompt does);
+            ``None`` or ``""`` for a prompt without a pre-fill (``prefill_think=False``, the chat or direct
+            templates), or when ``response`` is already joined.
 
     Returns:
         A :class:`RewardResult`.  Deterministic; never raises for any ``str`` response.
@@ -190,6 +196,8 @@ def score(
     n = check_n_options(n_options)
     g = _check_gold(gold, n)
     cfg = config or RewardConfig()
+    if prefill and isinstance(response, str):
+        response = join_prefill(response, prefill)
     parsed = parse(response)
     pred = extract_letter(parsed.answer, n, options) if parsed.answer is not None else None
     flags = detect_flags(parsed, pred, g, options, cfg)

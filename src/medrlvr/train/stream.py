@@ -141,7 +141,8 @@ def score_completions(recs: list[MCQ], prompts: list[str], groups, cfg: TrainCon
         for c in comps:
             resp = join_prefill(c.text, prefix)
             r = (reward_fn(resp, rec) if reward_fn is not None else
-                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options, config=rcfg))
+                 score(resp, rec.gold, rec.n_options, scheme=cfg.reward_scheme, options=rec.options, config=rcfg,
+                       prefill=None))                     # resp is joined above
             out.append(Sample(rec, prompt, group_offset + gi // group_size, c.prompt_ids, c.token_ids, c.text, resp,
                               c.finish_reason, float(r.reward), r, c.logprobs))
     return out

@@ -77,7 +77,7 @@ def _samples(rows: list[dict], step: int, idx: dict, scheme: str, prefill: str, 
         n = meta["n_options"] or 5
         response = join_prefill(completion, prefill) if prefill else completion
         try:
-            res = score(response, gold, int(n), scheme=scheme, options=meta["options"] or None)
+            res = score(response, gold, int(n), scheme=scheme, options=meta["options"] or None, prefill=None)
         except ValueError:
             stats["unscorable"] += 1
             continue

@@ -56,7 +56,7 @@ def compute_score(data_source: Any, solution_str: Any, ground_truth: Any, extra_
     text = solution_str if isinstance(solution_str, str) else completion_text(solution_str)
     if info.get("prefill_think", True) and prefill:
         text = join_prefill(text, prefill)
-    r = score(text, gold, n, scheme=scheme or info.get("scheme") or "paper", options=options)
+    r = score(text, gold, n, scheme=scheme or info.get("scheme") or "paper", options=options, prefill=None)
     out: dict[str, Any] = {"score": r.reward, "acc": float(r.correct), "correct": r.correct,
                            "format_ok": r.format_ok, "pred": r.pred or ""}
     for f in FLAGS:
