@@ -61,3 +61,21 @@ def test_compare_cli(tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| m1 |" in out and "| m2 |" in out and (tmp_path / "cmp" / "compare.png").exists()
+    assert "Warning" not in out and "warning" not in capsys.readouterr().err   # same question sets: no warning
+
+
+def test_compare_warns_when_rows_were_scored_on_different_question_sets(tmp_path, capsys):
+    from medrlvr.cli import main
+
+    a = _write(tmp_path / "a", "m1", [0.3, 0.2, 0.1])
+    b = tmp_path / "b"
+    b.mkdir()
+    res = json.loads((a / "results.json").read_text())
+    res["medqa-4opt"]["n"] = 4
+    res["_meta"]["model"] = "m2"
+    (b / "results.json").write_text(json.dumps(res))
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    cap = capsys.readouterr()
+    assert "compare: warning: medqa-4opt: rows scored on different question sets (n = m1: 100, m2: 4)" in cap.err
+    assert "mmlu-pro-health" not in cap.err                     # the same n there
+    assert "**Warning**: medqa-4opt" in (tmp_path / "cmp" / "compare.md").read_text()

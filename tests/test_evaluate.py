@@ -415,3 +415,13 @@ def test_loglik_bf16_scoring_where_native_and_the_opt_out(tiny, monkeypatch, tmp
     assert max(diffs) > 0              # and it did run in bf16
     with pytest.raises(ValueError, match="scoring_dtype"):
         evaluate(model, tok, {"s": recs}, mode="loglik", progress=False, scoring_dtype="fp16")
+
+
+def test_the_table_shows_the_share_of_answers_that_hit_the_token_limit():
+    entry = {"accuracy": 0.25, "ci95": [0.1, 0.4], "n": 8, "answer_rate": 0.5, "format_valid": 0.25,
+             "truncated": 0.75, "distribution": "id", "random_baseline": {"accuracy": 0.25, "ci95": [0.0, 0.5]}}
+    md = results_markdown({"medqa": entry, "_meta": {"model": "m", "mode": "cot"}})
+    head = next(ln for ln in md.splitlines() if ln.startswith("| benchmark"))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| medqa"))
+    assert "hit token limit" in head and row.rstrip(" |").endswith("75.0")
+    assert "hit token limit" not in results_markdown({"x": {**entry, "truncated": None}, "_meta": {}})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,6 +101,19 @@ def _cell(e: dict | None) -> str:
     return f"{_pct(e['accuracy'])} ± {half:.1f} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def question_set_mismatches(runs: list[tuple[str, dict]]) -> list[str]:
+    """One line per benchmark whose rows were scored on different numbers of questions (``n``: another
+    ``--limit`` or split): their accuracies are not comparable."""
+    out = []
+    for b, _ in _benches(runs):
+        ns = {lab: res[b].get("n") for lab, res in runs if isinstance(res.get(b), dict)}
+        if len(set(ns.values())) > 1:
+            got = ", ".join(f"{lab}: {n}" for lab, n in ns.items())
+            out.append(f"{b}: rows scored on different question sets (n = {got}); their accuracies are not "
+                       "comparable: evaluate each model on the same questions (the same --limit)")
+    return out
+
+
 def comparison_table(runs: list[tuple[str, dict]], include_random: bool = True) -> tuple[str, dict]:
     benches = _benches(runs)
     rows: list[tuple[str, dict[str, dict | None]]] = [(lab, {b: res.get(b) for b, _ in benches}) for lab, res in runs]
@@ -137,9 +151,12 @@ def comparison_table(runs: list[tuple[str, dict]], include_random: bool = True) 
                 cells.append(_pct(avg))
                 data["models"][lab][f"_{gk}_avg"] = avg
         lines.append("| " + " | ".join(cells) + " |")
+    warn = question_set_mismatches(runs)
+    data["mismatches"] = warn
     md = ["# Model comparison (Med-RLVR Figure 3)", "",
           "Accuracy % ± half-width of the 95% bootstrap CI [low, high]. ID = in-distribution (MedQA), "
-          "OOD = out-of-distribution; averages are unweighted over the group's benchmarks.", "", *lines]
+          "OOD = out-of-distribution; averages are unweighted over the group's benchmarks.", "", *lines,
+          *(["", *[f"**Warning**: {w}" for w in warn]] if warn else [])]
     return "\n".join(md) + "\n", data
 
 
@@ -283,6 +300,8 @@ def compare(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, labe
 def cmd_compare(a) -> int:
     labels = [x.strip() for x in a.labels.split(",")] if a.labels else None
     paths = compare(a.runs, a.out, labels=labels, include_random=not a.no_random)
+    for w in json.loads(paths["json"].read_text(encoding="utf-8")).get("mismatches", []):
+        print(f"compare: warning: {w}", file=sys.stderr)
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"table: {paths['table']}\nplot: {paths['plot']}")
     if paths["curves"] is not None:

@@ -36,6 +36,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     lines += [f"Settings: {settings}. Accuracy in %, 95% percentile bootstrap CI over questions "
               f"({meta.get('bootstrap', '?')} resamples).", ""]
     head = ["benchmark", "dist", "n", "accuracy [95% CI]", "random [95% CI]", "answered", "format valid"]
+    trunc = any(results[b].get("truncated") is not None for b in benches)
+    if trunc:   # answers cut by the token limit: a low accuracy may only mean too few max_new_tokens
+        head += ["hit token limit"]
     extra_k = any("pass_at_k" in results[b] for b in benches)
     cons = any("consistency" in results[b] for b in benches)
     if extra_k:
@@ -48,6 +51,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         rb = r.get("random_baseline", {})
         row = [b, r.get("distribution") or "-", str(r["n"]), _fmt_ci(r["accuracy"], r["ci95"]),
                _fmt_ci(rb.get("accuracy"), rb.get("ci95")), _fmt(r.get("answer_rate")), _fmt(r.get("format_valid"))]
+        if trunc:
+            row += [_fmt(r.get("truncated"))]
         if extra_k:
             pk, mk = r.get("pass_at_k", {}), r.get("maj_at_k", {})
             K = str(r.get("n_samples"))
