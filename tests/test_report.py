@@ -324,3 +324,24 @@ def test_report_in_headless_chromium(built, tmp_path):
             assert all(u.startswith(("file:", "data:")) for u in requests), requests
         finally:
             browser.close()
+
+
+def test_report_includes_the_evaluations_the_trainer_logged(tmp_path, capsys):
+    from medrlvr.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 1, "reward_mean": -1.0},
+            {"step": 2, "reward_mean": 0.0, "eval_accuracy": 0.375, "eval_n": 8, "eval_samples": 1,
+             "eval_format_valid": 0.5, "eval_answered": 0.5},
+            {"step": 4, "reward_mean": 0.5, "eval_accuracy": 0.625, "eval_n": 8, "eval_samples": 1,
+             "eval_format_valid": 1.0, "eval_answered": 0.875}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    html = (run / "report" / "report.html").read_text(encoding="utf-8")
+    table = html[html.index('<table id="trainer-eval">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 3 and "37.5%" in table and "62.5%" in table and "87.5%" in table
+    assert out.count(str(run / "report" / "report.html")) == 1          # the path once
+    assert "no results.json found" not in out

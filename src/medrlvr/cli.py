@@ -82,8 +82,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def cmd_report(a) -> int:
     from medrlvr.analysis.report import build_report
 
-    p = build_report(a.run_dir)
-    print(f"report: {p}")
+    build_report(a.run_dir)   # prints the path it wrote
     return 0
 
 

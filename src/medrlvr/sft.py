@@ -371,6 +371,10 @@ def cmd_sft(a) -> int:
         kw["lr_grid"] = _floats(a.lr_grid)
     cfg = SFTConfig(**kw)
     out = Path(a.output or "runs/sft")
+    if a.quiet:   # also transformers' weight-loading and saving bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     res = sft(cfg, out, quiet=a.quiet)
     accs = ", ".join(f"lr={k:g}: {v:.4f}" for k, v in res.dev_accuracy.items())
     print(f"dev loglik accuracy before: {res.dev_accuracy_before:.4f}; after: {accs}")

@@ -441,6 +441,31 @@ def _eval_table(results: list[tuple[str, dict[str, Any]]], notes: list[str]) -> 
     )
 
 
+def _trainer_eval_table(metrics: list[dict[str, Any]]) -> str:
+    """The held-out evaluations the trainer logged (``eval_*`` keys of ``metrics.jsonl``), one row per step;
+    empty when there are none."""
+    rows = []
+    for r in metrics:
+        if _num(r.get("eval_accuracy")) is None:
+            continue
+        n, k = r.get("eval_n"), r.get("eval_samples")
+        rows.append(
+            "<tr>"
+            f'<td class="num">{_E(str(r.get("step", "?")))}</td>'
+            f'<td class="num">{_E(str(n)) if n is not None else "–"}</td>'
+            f'<td class="num">{_E(str(k)) if k is not None else "–"}</td>'
+            f'<td class="num">{_fmt_pct(r.get("eval_accuracy"))}</td>'
+            f'<td class="num">{_fmt_pct(r.get("eval_format_valid"))}</td>'
+            f'<td class="num">{_fmt_pct(r.get("eval_answered"))}</td>'
+            "</tr>"
+        )
+    if not rows:
+        return ""
+    return ('<table id="trainer-eval"><thead><tr><th>step</th><th>questions</th><th>answers per question</th>'
+            "<th>accuracy</th><th>format valid</th><th>answered with a letter</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
 def _render_response(text: str, prefill: str) -> str:
     parts = []
     budget = _MAX_RESPONSE_CHARS
@@ -668,7 +693,7 @@ def build_report(
         notes.append("stage distribution and hacking-rate charts: no samples")
 
     eval_html = _eval_table(results, notes)
-    if not eval_html:
+    if not eval_html and not any(_num(r.get("eval_accuracy")) is not None for r in metrics):
         notes.append("evaluation table: no results.json found under the run directory")
 
     # summary
@@ -716,6 +741,10 @@ def build_report(
     parts.append(_img(charts["letters"], "predicted option letters vs step") if charts["letters"]
                  else "<p>(no samples with a predicted letter)</p>")
     parts.append("<h2>Evaluation</h2>")
+    trainer_eval = _trainer_eval_table(metrics)
+    if trainer_eval:
+        parts.append("<h3>Held-out evaluations during training (metrics.jsonl)</h3>" + trainer_eval)
+        parts.append("<h3>Benchmark evaluations (results.json)</h3>")
     parts.append(eval_html or "<p>(no results.json)</p>")
     if charts["curves"]:
         parts.append("<h3>pass@k and maj@k against random guessing</h3>")

@@ -734,6 +734,10 @@ def cmd_eval(a) -> int:
         sets = resolve_benchmarks([b for b in a.benchmarks.split(",") if b.strip()], a.data_root, a.columns,
                                    a.skip_invalid, n_skipped)
     model_path = resolve_model_dir(a.model)
+    if a.quiet:   # also transformers' weight-loading bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model, tok = load_policy(model_path, a.dtype, seed=a.seed)
     if torch.cuda.is_available():
         model = model.to("cuda")
@@ -791,6 +795,6 @@ def add_cli(subparsers):
     e.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy shared CPU, 1 is often faster than several)")
     e.add_argument("--overwrite", action="store_true", help="discard completions saved in --output (no resume)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--quiet", action="store_true", help="no progress bars (the weight-loading bar included)")
     e.set_defaults(func=cmd_eval)
     return e
