@@ -192,3 +192,14 @@ def test_tests_and_scripts_import_public_names_only():
                     bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}" for a in node.names
                             if a.name.startswith("_") and not a.name.startswith("__")]
     assert bad == []
+
+
+def test_license_file_and_spdx_expression():
+    """pyproject's ``project.license`` is the SPDX string (not the deprecated table) and the LICENSE file it
+    names holds the Apache-2.0 text."""
+    import tomllib
+
+    proj = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert proj["license"] == "Apache-2.0" and proj["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
