@@ -563,3 +563,13 @@ def test_resume_without_a_checkpoint_says_to_start_again(tmp_path, capsys):
     rc = cli.main(["train", "--resume", "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "start it again without --resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_resume_with_the_preset_keeps_the_runs_max_steps(saved_run, capsys):
+    """The saved run stopped at max_steps 2; resuming with --config tiny (whose max_steps is 4) trains nothing
+    more: only --max-steps changes a resumed run's length."""
+    before = (saved_run / "metrics.jsonl").read_text()
+    over = [f"{k}={v}" for k, v in BASE.items() if k != "max_steps"]
+    assert cli.main(["train", "--config", "tiny", "--output", str(saved_run), "--resume", *over]) == 0
+    assert "resuming from step 2 of 2" in capsys.readouterr().err
+    assert (saved_run / "metrics.jsonl").read_text() == before

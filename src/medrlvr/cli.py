@@ -33,6 +33,13 @@ def cmd_train(a) -> int:
         cfg = build_config(str(saved), overrides)
     else:
         cfg = build_config(a.config, overrides)
+        saved = Path(a.output or f"runs/{Path(a.config).stem}") / "config.yaml"
+        if a.resume and not any(o.split("=", 1)[0].strip() == "max_steps" for o in overrides) and saved.is_file():
+            import yaml   # the run's own length: only --max-steps (or max_steps=) changes it on resume
+
+            old = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("max_steps")
+            if isinstance(old, int) and not isinstance(old, bool) and old >= 1:
+                cfg.max_steps = old
     if a.data_root:
         cfg.data_root = a.data_root
     out = Path(a.output or f"runs/{Path(a.config).stem}")
