@@ -69,10 +69,11 @@ def test_every_numeric_option_refuses_a_negative_and_a_zero_where_zero_makes_no_
 
 
 def test_version(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--version"])
     from medrlvr import __version__
 
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"medrlvr {__version__}"
+    with pytest.raises(SystemExit) as e:              # also through the parser (e.g. with other arguments)
+        cli.build_parser().parse_args(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"medrlvr {__version__}"
 
 

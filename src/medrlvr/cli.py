@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from medrlvr.monitor import ALERT_EXIT_CODE, MonitorStop
 
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:   # before the parser imports torch (seconds)
+        from medrlvr import __version__
+
+        print(f"medrlvr {__version__}")
+        return 0
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
