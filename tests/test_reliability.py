@@ -546,8 +546,11 @@ def test_cli_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys,
            f"--output {out}" in err
     monkeypatch.setattr(fileio, "HOOK", None)
     assert cli.main(["train", "--resume", "--output", str(out)]) == 0     # no --config: the run's config.yaml
-    err = capsys.readouterr().err
-    assert "resuming from step 1 of 3" in err
+    cap = capsys.readouterr()
+    assert "resuming from step 1 of 3" in cap.err
+    # tiny's random model cannot answer: its no_learning_signal alert is named as expected, monitor exits 0
+    assert "no_learning_signal alert expected" in cap.out
+    assert cli.main(["monitor", str(out)]) == 0 and "[expected:" in capsys.readouterr().out
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
@@ -573,3 +576,30 @@ def test_cli_resume_with_the_preset_keeps_the_runs_max_steps(saved_run, capsys):
     assert cli.main(["train", "--config", "tiny", "--output", str(saved_run), "--resume", *over]) == 0
     assert "resuming from step 2 of 2" in capsys.readouterr().err
     assert (saved_run / "metrics.jsonl").read_text() == before
+
+
+def test_a_second_ctrl_c_abandons_the_step_and_says_what_is_left(tmp_path, monkeypatch, capsys, one_thread):
+    """A KeyboardInterrupt inside step 2 (what a second Ctrl-C raises) after step 1's checkpoint: exit 130, one
+    line pointing at --resume, the checkpoint intact; before any checkpoint: start again, with --overwrite."""
+    class _Abandon:
+        def __init__(self, n):
+            self.n, self.seen = n, 0
+
+        def __call__(self, label):
+            if label == "step.update":
+                self.seen += 1
+                if self.seen == self.n:
+                    raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    args = ["train", "--config", "tiny", "--output", str(out), "max_steps=3", "max_new_tokens=4", "eval_limit=1",
+            "save_every=1"]
+    monkeypatch.setattr(fileio, "HOOK", _Abandon(2))
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"continue with: medrlvr train --resume --output {out}" in err
+    assert (out / "checkpoints" / "step_1" / "step").is_file()
+    monkeypatch.setattr(fileio, "HOOK", _Abandon(1))
+    assert cli.main([*args[:5], "--overwrite", *args[5:]]) == 130
+    err = capsys.readouterr().err
+    assert "nothing saved; start again with: medrlvr train --config tiny" in err and "--overwrite" in err

@@ -55,21 +55,30 @@ def cmd_train(a) -> int:
         cfg.world_size = a.nproc
         distributed.check_config(cfg)  # refuse a batch that cannot be split before starting anything
         return distributed.launch(a.nproc, _strip_nproc(a.argv))
-    again = f"medrlvr train {' '.join(x for x in a.argv if x != '--resume')}"
+    again = " ".join(["medrlvr", *(x for x in a.argv if x != "--resume")]
+                     + ([] if "--overwrite" in a.argv else ["--overwrite"]))   # the directory holds the config
     try:
         t = train(cfg, out, resume=a.resume, allow_change=allow, overwrite=a.overwrite)
     except TrainingInterrupted as e:
         if e.is_main:
             print(f"medrlvr: {e.line(again)}", file=sys.stderr, flush=True)
         return 130
-    except KeyboardInterrupt:
-        print(f"medrlvr: interrupted before training started; nothing was trained"
-              + ("" if a.resume else f"; start again with: {again}"), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:   # before the loop, or a second Ctrl-C that abandoned a step
+        from medrlvr.train.resume import complete_checkpoints
+
+        if complete_checkpoints(out / "checkpoints"):
+            print(f"medrlvr: interrupted; the step in progress was abandoned, the last checkpoint is intact; "
+                  f"continue with: medrlvr train --resume --output {out}", file=sys.stderr, flush=True)
+        else:
+            print(f"medrlvr: interrupted before the first checkpoint; nothing saved; start again"
+                  + ("" if a.resume else f" with: {again}"), file=sys.stderr, flush=True)
         return 130
     if t.is_main:
         from medrlvr.monitor import EXPECTED_ALERTS
+        from medrlvr.rundir import read_alerts
 
-        note = "".join(f"; {k}: {v}" for k, v in EXPECTED_ALERTS.get(cfg.model, {}).items())
+        raised = {r.get("monitor") for r in read_alerts(out)}
+        note = "".join(f"; {k} alert {v}" for k, v in EXPECTED_ALERTS.get(cfg.model, {}).items() if k in raised)
         print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped){note}")
     return 0
 
@@ -192,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"medrlvr {__version__}")
         return 0
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:   # --help, or a usage error already printed in one line: its exit code
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
