@@ -31,7 +31,8 @@ from medrlvr.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
 TOL = 1e-5
-BASE = {"model": "tiny", "train_data": "starter:train", "eval_data": "starter:test", "eval_limit": 4,
+BASE = {"model": "tiny", "engine": "hf",   # one engine for every parallel mode (auto: fast unsharded on CPU)
+        "train_data": "starter:train", "eval_data": "starter:test", "eval_limit": 4,
         "prompts_per_step": 4, "samples_per_prompt": 2, "max_new_tokens": 12, "micro_batch_size": 2,
         "lr": 1e-4, "critic_lr": 1e-4, "reward_scheme": "shaped", "entropy_coef": 0.01, "max_steps": 3,
         "save_every": 0}

@@ -312,8 +312,13 @@ def test_thresholds_from_the_config_live_offline_and_in_the_report(tmp_path, cap
     assert notes == [] and [(a.monitor, a.raised_step) for a in alerts] == [("no_learning_signal", 2)]
     assert [a.raised_step for a in replay_run(tmp_path, MonitorConfig())[0]] == [3]
     assert "raised at step 2" in build_report(tmp_path, quiet=True).read_text()
-    assert main(["monitor", str(tmp_path)]) == ALERT_EXIT_CODE
-    assert "(raised at step 2)" in capsys.readouterr().out
+    assert main(["monitor", str(tmp_path)]) == 0   # tiny's no_learning_signal is expected: printed, not counted
+    out = capsys.readouterr().out
+    assert "(raised at step 2)" in out and "[expected: the tiny model has random weights" in out
+    saved = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(saved.replace("model: tiny", "model: smollm2-135m"))
+    assert main(["monitor", str(tmp_path)]) == ALERT_EXIT_CODE   # the same alert of a real model: exit 3
+    assert "expected" not in capsys.readouterr().out
     # an unreadable section: the defaults, said so
     (tmp_path / "config.yaml").write_text("monitor: {k: 0}\n")
     alerts, notes = replay_run(tmp_path)

@@ -554,8 +554,8 @@ class Trainer:
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-        if bar is not None:
-            bar.close()
+            if bar is not None:   # also on an error: the message then starts its own line
+                bar.close()
         if (self.step == cfg.max_steps or self.stopped_early) and (history or not (self.out / rundir.FINAL).is_dir()):
             self.save_final()
         if self._tb:
