@@ -126,6 +126,11 @@ def cli_reference() -> str:
     out += ["| command | what it does |", "|---|---|"]
     for words, h, _p in entries[1:]:
         out.append(f"| [`{' '.join(words)}`](#{_anchor(words)}) | {_cell(h)} |")
+    top = [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+    if top:
+        out += ["", "Options of `medrlvr` itself, before any command:", "",
+                "| option | value | default | meaning |", "|---|---|---|---|"]
+        out += [_option_row(parser, a) for a in top]
     for words, h, p in entries[1:]:
         out += ["", f"## {' '.join(words)} {{#{_anchor(words)}}}", ""]
         if h:

@@ -62,9 +62,14 @@ def code_of(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     return blocks, INLINE.findall(FENCE.sub("", text))
 
 
+REFUSAL_ROW = re.compile(r"^\|\s*`[^`]*`\s*\|\s*(?!0\s*\|)\d+\s*\|.*$", re.M)
+"""A table row ``| `command` | exit code | ...`` whose exit code is not 0: it shows a refusal, so it is not parsed."""
+
+
 def command_lines(text: str) -> list[tuple[str, bool]]:
-    """(line, inline?) for every line of the fenced blocks and every inline code span."""
-    blocks, spans = code_of(text)
+    """(line, inline?) for every line of the fenced blocks and every inline code span, leaving out the commands of
+    table rows that record a refusal (REFUSAL_ROW)."""
+    blocks, spans = code_of(REFUSAL_ROW.sub("", text))
     lines = []
     for _info, body in blocks:
         lines += [(x, False) for x in body.replace("\\\n", " ").splitlines()]
