@@ -26,8 +26,8 @@ def _minimal_argv(parser: argparse.ArgumentParser) -> list[str]:
     """Values for the required options and positionals, so that only the option under test can fail."""
     argv = []
     for a in parser._actions:
-        if a.option_strings and a.required:
-            argv += [a.option_strings[0], "x"]
+        if a.option_strings and a.required:  # a required number gets a valid one (1), anything else "x"
+            argv += [a.option_strings[0], "1" if a.type in argtypes.NUMERIC_TYPES else "x"]
         elif not a.option_strings and a.nargs in (None, 1) and not isinstance(a, argparse._SubParsersAction):
             argv.append("x")
     return argv
