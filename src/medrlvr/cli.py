@@ -51,6 +51,9 @@ def cmd_train(a) -> int:
     allow = tuple(k.strip() for x in a.allow_change for k in x.split(",") if k.strip())
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start torchrun for this node, which runs this command
         from medrlvr.train import distributed
+        from medrlvr.tracking import check_installed
+
+        check_installed(cfg.report_to)  # a missing tracker package: refused before any process starts
 
         cfg.world_size = a.nproc
         distributed.check_config(cfg)  # refuse a batch that cannot be split before starting anything

@@ -201,6 +201,16 @@ class TrainConfig:
     """Checkpoints kept on disk, newest first (0 = all). The newest complete one is never deleted."""
     sample_every: int = 1
     """Write every completion of every N-th step to samples.jsonl."""
+    report_to: tuple[str, ...] = ("tensorboard",)
+    """Experiment trackers that receive the metrics (at the global step), the config, the alerts and the sample
+    tables, from rank 0 (:mod:`medrlvr.tracking`): any of ``tensorboard`` (``tb/``), ``wandb`` (``wandb/``; mode
+    from ``WANDB_MODE``), ``mlflow`` (``MLFLOW_TRACKING_URI``, else ``mlflow/`` in the run directory); ``[]`` for
+    none. ``wandb`` and ``mlflow`` are the extras ``medrlvr[wandb]`` / ``medrlvr[mlflow]``."""
+    log_samples_every: int = 10
+    """Send the completions of every N-th step to the W&B / MLflow trackers as a table (step, id, stage, reward,
+    correct, format, letters, flags, completion); only steps that ``sample_every`` writes are sent."""
+    tracker_project: str = "medrlvr"
+    """W&B project and MLflow experiment name (the run's name is its directory's name)."""
     rank: int = 0
     """Global rank of this process (set from torchrun's environment, as ``world_size``)."""
     world_size: int = 1
@@ -248,7 +258,7 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             bad("lr_schedule", "must be constant, linear or cosine")
         for k in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "micro_batch_size",
-                  "max_steps", "sample_every", "world_size"):
+                  "max_steps", "sample_every", "world_size", "log_samples_every"):
             if getattr(self, k) < 1:
                 bad(k, f"must be >= 1, got {getattr(self, k)}")
         for k in ("mini_batch_size", "eval_every", "save_every", "warmup_steps", "eval_limit", "kl_coef",
@@ -296,6 +306,9 @@ class TrainConfig:
         if self.template not in ("r1-zero", "chat", "direct"):
             bad("template", "must be r1-zero, chat or direct")
         _check_curriculum(self)
+        from medrlvr.tracking import check_names
+
+        self.report_to = check_names(self.report_to)
         from medrlvr.monitor import MonitorConfig
 
         MonitorConfig.from_mapping(self.monitor)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from medrlvr import algos, fileio, rundir
+from medrlvr import algos, fileio, rundir, tracking
 from medrlvr.train import distributed, resume as resume_mod
 from medrlvr.train.forward import pack, response_logprobs, response_values
 from medrlvr.train.config import TrainConfig, save_config
@@ -87,6 +87,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output_dir: str | Path, resume: bool = False, model=None, tokenizer=None,
                  quiet: bool = False, reward_fn=None, allow_change: tuple[str, ...] = ()):
         self.cfg, self.out, self.quiet, self.reward_fn = cfg, Path(output_dir), quiet, reward_fn
+        tracking.check_installed(cfg.report_to)  # a tracker whose package is missing: refused before any loading
         self.device = distributed.default_device()  # cuda:LOCAL_RANK where CUDA is available, else the CPU
         distributed.init(cfg, self.device)  # torchrun's process group when WORLD_SIZE > 1; sets cfg.rank / world_size
         if resume:  # before any model loads: refuse config drift, find the checkpoint (see medrlvr.train.resume)
@@ -145,8 +146,10 @@ class Trainer:
             fileio.atomic_write_text(self.out / "seed", f"{cfg.seed}\n", label="seed")
             if resume:
                 resume_mod.record_changes(self.out, self.step, self._changes)
-        self._tb = None
-        self._purge_step = self.step + 1 if resume else None
+        self.trackers = (tracking.open_trackers(cfg.report_to, self.out, project=cfg.tracker_project,
+                                                resume_step=self.step if resume else None)
+                         if self.is_main else tracking.Trackers())
+        self.trackers.log_config(cfg.to_dict())
         from medrlvr.monitor import Monitor, MonitorConfig, resume_monitor
 
         mcfg = MonitorConfig.from_mapping(cfg.monitor)
@@ -154,32 +157,16 @@ class Trainer:
         self._monitor_samples, self._alert_stop = [], []
 
     # ------------------------------------------------------------------------------------ logging
-    def _tb_writer(self):
-        if self._tb is None and self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                # purge_step: TensorBoard hides the steps after the resumed checkpoint (they were re-run)
-                self._tb = SummaryWriter(str(self.out / rundir.TENSORBOARD), purge_step=self._purge_step)
-            except Exception:  # tensorboard missing: JSONL stays the source of truth
-                self._tb = False
-        return self._tb or None
-
     def log(self, rec: dict) -> None:
-        """Append one metrics row (strict JSON) to ``metrics.jsonl`` on the main rank, mirror its numbers to
-        TensorBoard and feed the monitors."""
+        """Append one metrics row (strict JSON) to ``metrics.jsonl`` on the main rank, feed the monitors and
+        send its numbers to the trackers (``report_to``)."""
         if not self.is_main:
             return
         line = fileio.strict_json(rec)  # strict JSON: a NaN is written null and its key listed in "nonfinite"
         fileio.fault("log.metrics")
         rundir.append_lines(self.out / rundir.METRICS, [line])
         self._monitor_step(json.loads(line))
-        tb = self._tb_writer()
-        if tb:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    tb.add_scalar(k, v, rec["step"])
-            tb.flush()
+        self.trackers.log_scalars(rec, rec["step"])
 
     def _write_samples(self, samples: list[Sample]) -> None:
         if not self.is_main or self.step % self.cfg.sample_every:
@@ -188,6 +175,8 @@ class Trainer:
         lines = [sample_line(s, self.step) for s in samples]
         rundir.append_lines(self.out / rundir.SAMPLES, lines)
         self._monitor_samples = [json.loads(x) for x in lines]  # the monitor sees what samples.jsonl holds (same verdicts offline)
+        if self.step % self.cfg.log_samples_every == 0:
+            self.trackers.log_samples(self._monitor_samples, self.step)
 
     def _monitor_step(self, rec: dict) -> None:
         """Feed the monitor this metrics row (as written) and the step's sample rows; print and record new
@@ -196,6 +185,7 @@ class Trainer:
         for a in self.monitor.update(rec, samples):
             print(a.line(), flush=True)
             write_alert(self.out, a)
+            self.trackers.log_alert(a, rec["step"])
             if self.cfg.on_alert == "stop":
                 self._alert_stop.append(a)
 
@@ -558,8 +548,7 @@ class Trainer:
                 bar.close()
         if (self.step == cfg.max_steps or self.stopped_early) and (history or not (self.out / rundir.FINAL).is_dir()):
             self.save_final()
-        if self._tb:
-            self._tb.close()
+        self.trackers.close()
         return history
 
     # ------------------------------------------------------------------------------------ interrupts
@@ -597,6 +586,7 @@ class Trainer:
             ckpt = resume_mod.find_checkpoint(self.out) if self.is_main else None
         if bar is not None:
             bar.close()
+        self.trackers.close()
         raise TrainingInterrupted(self.step, self.cfg.max_steps, self.out, ckpt, self.is_main)
 
     def _loop(self, end: int, bar, history: list) -> None:
@@ -630,6 +620,7 @@ class Trainer:
 
                 if bar is not None:
                     bar.close()
+                self.trackers.close()
                 raise MonitorStop(self._alert_stop, str(ckpt) if ckpt else None)
             if early:
                 if not self.quiet and self.is_main:
