@@ -182,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.set_defaults(func=cmd_report)
 
-    from medrlvr import monitor, sft
+    from medrlvr import card, monitor, sft
     from medrlvr.eval import benchmark as evaluate, compare
     from medrlvr.integrations import verl as verl_integration
 
-    for mod in (evaluate, sft, compare, verl_integration, monitor):
+    for mod in (evaluate, sft, compare, verl_integration, monitor, card):
         mod.add_cli(sub)
     for sp in _all_parsers(p):  # one-line usage errors and defaults in every --help, the later-added commands too
         sp.__class__ = _Parser

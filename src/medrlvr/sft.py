@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from medrlvr import rundir
+from medrlvr import rundir, tracking
 from medrlvr.argtypes import nonneg_int, positive_float, positive_int, unit_float
 from medrlvr.train.forward import pack, response_logprobs
 from medrlvr.data import MCQ, load_any
@@ -78,6 +78,9 @@ class SFTConfig:
         eval_every_epoch: score the dev set after every epoch (else only at the end).
         eval_batch_size: questions per forward when scoring the dev set.
         seed: seeds the data order, option shuffles, dropout and the dev hold-out [--seed].
+        report_to: experiment trackers (:mod:`medrlvr.tracking`: ``tensorboard``, ``wandb``, ``mlflow``) that
+            receive the config and every metrics row; the x axis counts optimizer steps over all learning rates
+            of ``lr_grid`` in turn (each row carries its ``lr_candidate``) [--report-to].
     """
 
     model: str = "smollm2-135m"
@@ -106,10 +109,12 @@ class SFTConfig:
     eval_every_epoch: bool = True
     eval_batch_size: int = 32
     seed: int = 0
+    report_to: tuple[str, ...] = ("tensorboard",)
 
     def __post_init__(self):
         self.lr_grid = tuple(float(x) for x in self.lr_grid)
         self.adam_betas = tuple(self.adam_betas)
+        self.report_to = tracking.check_names(self.report_to)
         if self.epochs < 1 and not self.max_steps:
             raise ValueError("epochs must be >= 1 (or give max_steps)")
         if self.batch_size < 1:
@@ -203,22 +208,33 @@ def _lr_lambda(total: int, warmup: int, schedule: str) -> Callable[[int], float]
 
 
 class MetricsLog:
-    """The SFT metrics log: every row kept in ``history`` and, with a path, appended to that JSONL file."""
+    """The SFT metrics log: every row kept in ``history`` and, with a path, appended to that JSONL file; its
+    numbers also go to ``trackers`` at a step counting the optimizer steps of every learning rate in turn.
+    ``dev_results`` keeps each learning rate's last dev evaluation (``results.json`` layout)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, trackers: tracking.Trackers | None = None):
         self.path = path
         self.history: list[dict] = []
+        self.trackers = trackers or tracking.Trackers()
+        self.global_step = 0
+        self.dev_results: dict[float, dict] = {}
 
     def __call__(self, rec: dict) -> None:
         self.history.append(rec)
         if self.path is not None:
             rundir.append_lines(self.path, [json.dumps(rec)])
+        if "event" not in rec:   # a training step
+            self.global_step += 1
+        self.trackers.log_scalars(rec, self.global_step)
+
+
+def _dev_eval(model, tok, dev: list[MCQ], cfg: SFTConfig, bootstrap: int = 0) -> dict:
+    return evaluate(model, tok, {"dev": dev}, mode="loglik", bootstrap=bootstrap, progress=False, seed=cfg.seed,
+                    batch_size=cfg.eval_batch_size)
 
 
 def _dev_accuracy(model, tok, dev: list[MCQ], cfg: SFTConfig) -> float:
-    r = evaluate(model, tok, {"dev": dev}, mode="loglik", bootstrap=0, progress=False, seed=cfg.seed,
-                 batch_size=cfg.eval_batch_size)
-    return float(r["dev"]["accuracy"])
+    return float(_dev_eval(model, tok, dev, cfg)["dev"]["accuracy"])
 
 
 def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: MetricsLog, model=None, tokenizer=None,
@@ -277,7 +293,10 @@ def train_one(cfg: SFTConfig, lr: float, train: list[MCQ], dev: list[MCQ], log: 
         bar.set_postfix(loss=f"{loss:.3f}")
         end_of_epoch = step % steps_per_epoch == 0
         if step == total or (cfg.eval_every_epoch and end_of_epoch):
-            acc = _dev_accuracy(model, tokenizer, dev, cfg)
+            res = _dev_eval(model, tokenizer, dev, cfg, bootstrap=1000 if step == total else 0)
+            acc = float(res["dev"]["accuracy"])
+            if step == total:
+                log.dev_results[lr] = res
             model.train()
             log({"lr_candidate": lr, "step": step, "event": "dev", "dev_accuracy": acc, "dev_n": len(dev)})
             bar.set_postfix(loss=f"{loss:.3f}", dev=f"{acc:.3f}")
@@ -305,7 +324,11 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
         conf = {k: (v if isinstance(v, (str, int, float, bool, tuple, type(None))) else f"<{len(v)} records>")
                 for k, v in asdict(cfg).items()}
         (out / "sft_config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
-    log = MetricsLog(out / rundir.METRICS if out is not None else None)
+    trackers = tracking.Trackers()
+    if out is not None:
+        trackers = tracking.open_trackers(cfg.report_to, out)
+        trackers.log_config(conf)
+    log = MetricsLog(out / rundir.METRICS if out is not None else None, trackers)
     train = _records(cfg.train_data, cfg)
     train = train[: cfg.train_limit] if cfg.train_limit else train
     if cfg.dev_data:
@@ -350,7 +373,27 @@ def sft(cfg: SFTConfig, output_dir: str | Path | None, quiet: bool = False, mode
         summary = {"best_lr": lr, "dev_accuracy": {str(k): v for k, v in accs.items()}, "dev_accuracy_before": before,
                    "n_train": len(train), "n_dev": len(dev), "model_dir": str(out / rundir.FINAL)}
         (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _write_eval_and_card(out, cfg, log.dev_results.get(lr))
+    trackers.close()
     return SFTResult(lr, accs, before, out, model, tok, log.history)
+
+
+def _write_eval_and_card(out: Path, cfg: SFTConfig, res: dict | None) -> None:
+    """``OUT/eval/results.json``: the selected model's final dev evaluation (loglik, with its bootstrap interval),
+    then ``final/README.md``, the model card (:mod:`medrlvr.card`); a card that cannot be written is a warning."""
+    from medrlvr import card
+    from medrlvr.eval.results import write_results
+
+    try:
+        if res is not None:
+            name = cfg.dev_data if isinstance(cfg.dev_data, str) else (
+                f"{cfg.train_data} (held-out dev)" if isinstance(cfg.train_data, str) else "dev")
+            res = {(name if k == "dev" else k): v for k, v in res.items()}
+            res["_meta"] = {**res.get("_meta", {}), "hardware": card.hardware()}
+            write_results(res, out / "eval")
+        card.write_card(out)
+    except Exception as e:
+        print(f"[medrlvr] warning: model card not written: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -409,6 +452,8 @@ def add_cli(subparsers):
     s.add_argument("--autocast-bf16", default=None, choices=["auto", "true", "false"],
                    help="bf16 autocast for the training forward/backward (default auto: where bf16 is native)")
     s.add_argument("--seed", type=nonneg_int, default=None, help="run seed (default 0)")
+    s.add_argument("--report-to", default=None, type=lambda x: tuple(t.strip() for t in x.split(",") if t.strip()),
+                   help="comma-separated trackers: tensorboard, wandb, mlflow (default tensorboard; '' for none)")
     s.add_argument("--output", default=None, help="output dir (default runs/sft)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_sft)

@@ -692,7 +692,20 @@ class Trainer:
             self.tok.save_pretrained(d)
 
         fileio.atomic_write_dir(final, write, label="final")
+        self._write_card()
         return final
+
+    def _write_card(self) -> None:
+        """``eval/results.json`` from the last step's held-out evaluation and ``final/README.md``, the model card
+        (:mod:`medrlvr.card`); a card that cannot be written is a warning, never a lost run."""
+        from medrlvr import card
+
+        try:
+            if self.final_eval is not None:
+                card.write_heldout_results(self.out, self.final_eval, self.cfg)
+            card.write_card(self.out)
+        except Exception as e:  # the weights are saved; `medrlvr card RUN_DIR` writes the card again
+            print(f"[train] warning: model card not written: {type(e).__name__}: {e}", flush=True)
 
     def _resume(self) -> None:
         d = self._resume_dir  # the pointer's checkpoint, or the newest complete one (medrlvr.train.resume)
