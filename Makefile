@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-verl demo bench clean chromium docs
+.PHONY: install test test-verl test-lmeval demo bench clean chromium docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,25 @@ $(VERL_STAMP): pyproject.toml Makefile | $(VERL_VENV)/bin/python
 test-verl: $(VERL_STAMP)
 	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_verl $(PYTEST_ARGS)
 
+# lm-evaluation-harness agreement tests (tests_lmeval/) in a third venv: lm-eval pulls evaluation libraries
+# (sacrebleu, nltk, rouge, ...) that medrlvr does not need; CPU torch pinned as for verl; the version pinned
+# because its task-YAML keys and simple_evaluate's result layout are what the tests read.
+LMEVAL_VENV := .venv-lmeval
+LMEVAL_SPEC ?= lm_eval==0.4.13
+LMEVAL_STAMP := $(LMEVAL_VENV)/.installed
+
+$(LMEVAL_VENV)/bin/python:
+	$(PY) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/python -m pip install -q --upgrade pip
+
+$(LMEVAL_STAMP): pyproject.toml Makefile | $(LMEVAL_VENV)/bin/python
+	$(LMEVAL_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(LMEVAL_SPEC)" "pytest>=8" "pytest-timeout>=2.2"
+	$(LMEVAL_VENV)/bin/python -m pip install -q -e . "$(TORCH_SPEC)" "$(LMEVAL_SPEC)"
+	touch $(LMEVAL_STAMP)
+
+test-lmeval: $(LMEVAL_STAMP)
+	$(LMEVAL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_lmeval $(PYTEST_ARGS)
+
 demo: install
 	$(BIN)/medrlvr demo --output runs/demo
 
@@ -61,4 +80,4 @@ bench: install
 	$(BIN)/python bench/step.py vs-trl
 
 clean:
-	rm -rf $(VENV) $(VERL_VENV) build site *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) $(LMEVAL_VENV) build site *.egg-info src/*.egg-info .pytest_cache

@@ -114,8 +114,16 @@ def cmd_data_export(a) -> int:
     from medrlvr.integrations.export import export
 
     s = load_sources([a.source], a.data_root, _columns(a), skip_invalid=a.skip_invalid)[a.source]
-    p = export(s.records, a.format, a.out, template=a.template, prefill_think=not a.no_prefill)
-    print(f"wrote {len(s)} record{'' if len(s) == 1 else 's'} to {p} ({a.format})")
+    recs = s.records[: a.limit] if a.limit else s.records
+    p = export(recs, a.format, a.out, template=a.template, prefill_think=not a.no_prefill,
+               data_source=a.source if a.format == "lm-eval" else None)
+    print(f"wrote {len(recs)} record{'' if len(recs) == 1 else 's'} to {p} ({a.format})")
+    if a.format == "lm-eval":
+        from medrlvr.integrations.lmeval import task_name
+
+        t = task_name(a.source)
+        print(f"run: lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {p} --tasks {t} "
+              f"(lm-eval's medqa prompt: --tasks {t}_lmeval_prompt)")
     if a.format == "openrlhf":
         from medrlvr.integrations.openrlhf import write_reward_file
         from medrlvr.prompts import response_prefix
@@ -260,7 +268,7 @@ def add_cli(sub) -> None:
     for name, fn, hlp in (("validate", cmd_data_validate,
                            "check every record; exit 1 if any is invalid, 2 if the file cannot be read at all"),
                           ("show", cmd_data_show, "print rendered prompts"),
-                          ("export", cmd_data_export, "write verl / TRL / OpenRLHF data files")):
+                          ("export", cmd_data_export, "write verl / TRL / OpenRLHF data files, lm-eval task dirs")):
         x = dsub.add_parser(name, help=hlp)
         x.add_argument("source", help="benchmark name[:split], a file (.jsonl/.json/.csv/.parquet; FILE.json:KEY "
                                       "for a set inside a nested JSON) or hub:ID")
@@ -276,8 +284,10 @@ def add_cli(sub) -> None:
             x.add_argument("--n", type=positive_int, default=3, help="prompts printed")
             x.add_argument("--model", default="smollm2-135m", help="tokenizer for --template chat")
         if name == "export":
-            x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf"], help="target framework")
-            x.add_argument("--out", required=True, help="output file or folder")
+            x.add_argument("--format", required=True, choices=["verl", "trl", "openrlhf", "lm-eval"],
+                           help="target framework (lm-eval: an lm-evaluation-harness task directory)")
+            x.add_argument("--out", required=True, help="output file or folder (lm-eval: a task directory)")
+            x.add_argument("--limit", type=positive_int, default=None, help="export the first N records only")
         x.set_defaults(func=fn)
     c = dsub.add_parser("contamination", help="questions of A that also appear in B (exact or by word n-grams)")
     c.add_argument("a", help="the set to check (benchmark name[:split] or file), e.g. your training file")

@@ -8,6 +8,9 @@ one parquet schema); score them with ``medrlvr.integrations.verl.compute_score``
 ``trl``: JSONL rows ``{prompt, gold, n_options, options, id, meta}`` for ``GRPOTrainer`` with
 ``medrlvr.integrations.trl.make_trl_reward_func()`` (extra columns reach reward functions as keyword arguments).
 ``openrlhf``: JSONL rows ``{input, label, id, n_options, meta}`` (``--input_key input --label_key label``).
+``lm-eval``: a task directory for EleutherAI's lm-evaluation-harness (``OUT`` is the directory): the questions as
+JSONL and two multiple-choice task YAMLs over them, our ``direct`` prompt and lm-eval's ``medqa_4options`` prompt
+(:mod:`medrlvr.integrations.lmeval`); ``template`` and ``prefill_think`` do not apply.
 
 ``meta`` is the record's metadata: the columns a file's column map names with ``meta=``, MedQA's
 ``meta_info``, MedMCQA's subject, ... . The prompt is the R1-Zero text (``template``) with ``<think>``
@@ -23,12 +26,17 @@ from medrlvr.data import MCQ
 from medrlvr.integrations.verl.mapping import verl_row
 from medrlvr.prompts import render, user_content
 
-FORMATS = ("verl", "trl", "openrlhf")
+FORMATS = ("verl", "trl", "openrlhf", "lm-eval")
 
 
 def export(records: list[MCQ], fmt: str, out: str | Path, template: str = "r1-zero", prefill_think: bool = True,
            data_source: str | None = None) -> Path:
     out = Path(out)
+    if fmt == "lm-eval":
+        from medrlvr.integrations.lmeval import write_task_dir
+
+        write_task_dir(records, out, data_source or out.name)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "verl":
         import pyarrow as pa
