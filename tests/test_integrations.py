@@ -168,3 +168,38 @@ def test_verl_reward_entry_point_does_not_import_torch():
     code = ("import sys; from medrlvr.integrations.verl import compute_score; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_lm_eval_task_dir(tmp_path, capsys):
+    """``--format lm-eval``: a task directory with the questions as JSONL (our direct prompt, lm-eval's medqa prompt,
+    the letters and the gold index) and two multiple-choice task YAMLs over it (lm-eval itself runs it in
+    tests_lmeval/); ``--limit`` keeps the first N, and 0 is refused with one line."""
+    import yaml
+
+    from medrlvr.integrations.lmeval import lm_eval_medqa_prompt, task_name
+    from medrlvr.prompts import direct
+
+    out = tmp_path / "task"
+    assert main(["data", "export", "starter:test", "--format", "lm-eval", "--out", str(out), "--limit", "5"]) == 0
+    assert "--tasks medrlvr_starter_test" in capsys.readouterr().out
+    t = task_name("starter:test")
+    recs = load_benchmark("starter:test").records[:5]
+    rows = [json.loads(x) for x in (out / f"{t}.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [str(r.id) for r in recs]
+    for row, rec in zip(rows, recs):
+        assert row["prompt"] == direct(rec) and row["lmeval_prompt"] == lm_eval_medqa_prompt(rec)
+        assert row["choices"][row["gold_index"]] == rec.gold == row["gold"] and row["choices"] == list(rec.options)
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: ("function", loader.construct_scalar(node)))
+    for name, field in ((t, "prompt"), (f"{t}_lmeval_prompt", "lmeval_prompt")):
+        y = yaml.load((out / f"{name}.yaml").read_text(), Loader=Loader)
+        assert y["task"] == name and y["output_type"] == "multiple_choice" and y["doc_to_text"] == field
+        assert (y["doc_to_choice"], y["doc_to_target"], y["target_delimiter"]) == ("choices", "gold_index", " ")
+        assert y["custom_dataset"] == ("function", "medrlvr_lmeval_data.load")
+        assert y["dataset_kwargs"] == {"data_file": f"{t}.jsonl"}
+    assert (out / "medrlvr_lmeval_data.py").is_file()
+    assert main(["data", "export", "starter:test", "--format", "lm-eval", "--out", str(out), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "medrlvr: error: --limit: must be >= 1, got 0"

@@ -141,10 +141,13 @@ def write_heldout_results(run_dir: str | Path, ev: Mapping[str, Any], cfg: Any) 
 
 
 def run_results(run_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(folder, results)`` of each ``results.json`` a card reports (:data:`RESULT_DIRS`, in that order)."""
+    """``(folder, results)`` of each ``results.json`` a card reports (:data:`RESULT_DIRS`, in that order);
+    ``eval_after/`` is left out beside ``eval/``: the demo writes both from the same evaluation."""
     out = []
     for d in RESULT_DIRS:
         p = Path(run_dir) / d / "results.json"
+        if d == "eval_after" and (Path(run_dir) / "eval" / "results.json").is_file():
+            continue
         if p.is_file():
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))

@@ -190,6 +190,9 @@ def run_demo(output: str | Path = "runs/demo", data_root: str | None = None, ove
     parts = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.0f} s" for k, v in times.items())
     md += ["", f"Wall time: {wall:.0f} s ({parts}).", ""]
     (out / "summary.md").write_text("\n".join(md))
+    from medrlvr.card import write_card
+
+    write_card(out)   # again, now with the base model's evaluation (eval_before/) beside the trained one
     try:
         from medrlvr.analysis.report import build_report
 

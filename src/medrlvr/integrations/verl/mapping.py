@@ -139,6 +139,10 @@ FIELD_MAP: dict[str, tuple[str, str]] = {
     "curriculum_bands": ("(prepare)", "read by prepare for the curriculum"),
     "dynamic_sampling_on": ("algorithm.filter_groups.metric", "reward -> reward (as before), correct -> acc (the "
                             "reward file's 0/1 correctness)"),
+    "report_to": ("(none)", "verl logs with its own trainer.logger ([console, file]: the read-back reads the file "
+                  "logger; verl's wandb / mlflow / tensorboard loggers can be added to it): any value passes"),
+    "log_samples_every": ("(none)", "medrlvr's tracker tables: any value passes"),
+    "tracker_project": ("(none)", "verl's trainer.project_name comes from `medrlvr verl prepare`: any value passes"),
 }
 
 
