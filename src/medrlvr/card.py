@@ -172,6 +172,7 @@ def eval_results(results: list[tuple[str, dict[str, Any]]], model_name: str):
             if bench.startswith("_") or not isinstance(r, dict) or r.get("accuracy") is None:
                 continue
             dataset, _, split = bench.partition(":")
+            split = split.split(" ")[0]   # "dev (held-out dev)" -> "dev"
             rb = r.get("random_baseline") or {}
             args = {"n": r.get("n"), "ci95": r.get("ci95"), "random_baseline": rb.get("accuracy"),
                     "random_baseline_ci95": rb.get("ci95"), "format_valid": r.get("format_valid"),
@@ -237,7 +238,14 @@ def _recipe_sft(cfg: dict, summary: dict, meta: dict) -> tuple[list[tuple[str, s
             ("weights", f"{cfg.get('dtype')}, full fine-tuning"), ("seed", str(cfg.get("seed")))]
     if meta.get("hardware"):
         rows.append(("hardware", meta["hardware"]))
-    return rows, "medrlvr sft ...  # the settings in sft_config.json"
+    flags = [("--model", "model"), ("--train-data", "train_data"), ("--dev-data", "dev_data"),
+             ("--dev-limit", "dev_limit"), ("--epochs", "epochs"), ("--max-steps", "max_steps"),
+             ("--batch-size", "batch_size"), ("--lr-schedule", "lr_schedule"), ("--seed", "seed")]
+    parts = ["medrlvr sft"] + [f"{f} {cfg[k]}" for f, k in flags
+                               if isinstance(cfg.get(k), (str, int, float)) and not str(cfg[k]).startswith("<")]
+    grid = cfg.get("lr_grid")
+    parts.append(f"--lr-grid {','.join(str(x) for x in grid)}" if grid else f"--lr {cfg.get('lr')}")
+    return rows, " ".join(parts)
 
 
 def _limitations(kind: str, results: list[tuple[str, dict]], metrics: list[dict], base_note: str,
@@ -269,10 +277,13 @@ def _limitations(kind: str, results: list[tuple[str, dict]], metrics: list[dict]
             lo = (r.get("ci95") or [None])[0]
             if rb.get("accuracy") is not None and lo is not None and lo <= rb["accuracy"]:
                 out.append(f"On `{bench}` ({d}) the 95% interval of the accuracy includes the random baseline "
-                           f"({_pct(rb['accuracy'])}%): this model is not shown to know more medicine than chance; "
-                           "what training can teach such a base is the answer format and the option letters.")
-    out.append(f"Base: {base_note}. A reward on the answer letter checks the letter, not the reasoning: a "
-               "well-formed answer can rest on wrong reasoning. Not for medical advice or clinical use.")
+                           f"({_pct(rb['accuracy'])}%): this model is not shown to know more medicine than chance"
+                           + ("; what RL from a letter reward can teach such a base is the answer format and the "
+                              "option letters." if kind == "rl" else "."))
+    what = ("A reward on the answer letter checks the letter, not the reasoning: a well-formed answer can rest on "
+            "wrong reasoning." if kind == "rl" else "The loss trains the answer letter after a direct prompt, not "
+            "reasoning: the model answers with a letter and cannot explain it.")
+    out.append(f"Base: {base_note}. {what} Not for medical advice or clinical use.")
     return out
 
 
