@@ -27,7 +27,8 @@ def _minimal_argv(parser: argparse.ArgumentParser) -> list[str]:
     argv = []
     for a in parser._actions:
         if a.option_strings and a.required:  # a required number gets a valid one (1), anything else "x"
-            argv += [a.option_strings[0], "1" if a.type in argtypes.NUMERIC_TYPES else "x"]
+            value = "1" if a.type in argtypes.NUMERIC_TYPES else (str(list(a.choices)[0]) if a.choices else "x")
+            argv += [a.option_strings[0], value]
         elif not a.option_strings and a.nargs in (None, 1) and not isinstance(a, argparse._SubParsersAction):
             argv.append("x")
     return argv

@@ -202,4 +202,4 @@ def test_export_lm_eval_task_dir(tmp_path, capsys):
         assert y["dataset_kwargs"] == {"data_file": f"{t}.jsonl"}
     assert (out / "medrlvr_lmeval_data.py").is_file()
     assert main(["data", "export", "starter:test", "--format", "lm-eval", "--out", str(out), "--limit", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "medrlvr: error: --limit: must be >= 1, got 0"
+    assert "argument --limit: must be >= 1, got 0" in capsys.readouterr().err.strip()
