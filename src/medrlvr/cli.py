@@ -1,4 +1,4 @@
-"""``medrlvr`` command line: ``data``, ``train``, ``demo``, ``eval``, ``sft``, ``compare``, ``report``."""
+"""``medrlvr`` command line: ``data``, ``train``, ``demo``, ``eval``, ``sft``, ``compare``, ``report``, ``study``."""
 
 from __future__ import annotations
 
@@ -185,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from medrlvr import card, monitor, sft
     from medrlvr.eval import benchmark as evaluate, compare
     from medrlvr.integrations import verl as verl_integration
+    from medrlvr.study import commands as study
 
-    for mod in (evaluate, sft, compare, verl_integration, monitor, card):
+    for mod in (evaluate, sft, compare, verl_integration, monitor, card, study):
         mod.add_cli(sub)
     for sp in _all_parsers(p):  # one-line usage errors and defaults in every --help, the later-added commands too
         sp.__class__ = _Parser

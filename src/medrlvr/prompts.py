@@ -12,6 +12,9 @@
 ``direct``
     No reasoning: the question, the options and ``Answer:``; the model's next token is the letter.
     Used by the SFT baseline, the direct-answer baseline and log-likelihood scoring.
+``direct-chat``
+    The ``direct`` prompt as the user message of the tokenizer's chat template, followed by the assistant turn's
+    opening, for instruct models (which put little probability on a bare letter after a plain ``Answer:``).
 
 The user content is the question (after the PubMedQA abstract, when there is one), the instruction
 "Answer with just one of the letters from the options below." and the lettered options, one per line.
@@ -35,7 +38,7 @@ R1_ZERO_SYSTEM = (
 )
 INSTRUCTION = "Answer with just one of the letters from the options below."
 DIRECT_HEADER = "The following is a multiple-choice question about medicine. Answer with the letter of the correct option."
-TEMPLATES = ("r1-zero", "chat", "direct")
+TEMPLATES = ("r1-zero", "chat", "direct", "direct-chat")
 THINK_PREFILL = "<think>"
 
 
@@ -90,6 +93,15 @@ def direct(rec: MCQ) -> str:
     return "\n".join(parts)
 
 
+def direct_chat(rec: MCQ, tokenizer: Any) -> str:
+    """:func:`direct` as one user message through the tokenizer's chat template, ready for the assistant's answer."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the 'direct-chat' template needs a tokenizer with a chat template; use 'direct' for base "
+                         "models")
+    return tokenizer.apply_chat_template([{"role": "user", "content": direct(rec)}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def direct_target(rec: MCQ) -> str:
     """The completion the direct template expects: a space and the gold letter."""
     return f" {rec.gold}"
@@ -103,6 +115,8 @@ def render(rec: MCQ, template: str = "r1-zero", tokenizer: Any = None, prefill_t
         return chat(rec, tokenizer, prefill_think)
     if template == "direct":
         return direct(rec)
+    if template == "direct-chat":
+        return direct_chat(rec, tokenizer)
     raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
 
 

@@ -56,7 +56,7 @@ from medrlvr import rundir
 from medrlvr.rundir import read_jsonl
 from medrlvr.reward import FLAGS
 
-__all__ = ["STAGE_COLORS", "TRAINING_METRICS", "alert_panel_html", "build_report"]
+__all__ = ["STAGE_COLORS", "TRAINING_METRICS", "alert_panel_html", "build_report", "stage_bands"]
 
 STAGE_COLORS: dict[str, str] = {
     "format_failure": "#9e9e9e",
@@ -181,6 +181,11 @@ def _stage_bands(dist: Mapping[int, Mapping[str, float]]) -> list[tuple[float, f
         else:
             merged.append((float(x0), float(x1), dom))
     return merged
+
+
+def stage_bands(dist: Mapping[int, Mapping[str, float]]) -> list[tuple[float, float, str]]:
+    """The shaded ``(x0, x1, stage)`` bands of the report's step charts (the study's dynamics figure draws the same)."""
+    return _stage_bands(dist)
 
 
 def _plot_accuracy_length(metrics, dist, out: Path, notes: list[str]) -> Path | None:

@@ -66,7 +66,7 @@ DEFAULT_MAX_BATCH_TOKENS = 8192
 CONFIG_FILE = "eval_config.json"
 # settings that change the saved completions; a resumed run must use the same
 _RESUME_KEYS = ("model", "mode", "template", "prefill_think", "n_samples", "temperature", "max_new_tokens", "seed",
-                "scheme")
+                "scheme", "question_seeds")
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -372,7 +372,7 @@ def score_records(model, tokenizer, bench: str, records: Sequence[MCQ], rows: di
                   mode: str, template: str, prefill_think: bool, n_samples: int, temperature: float,
                   max_new_tokens: int, seed: int, scheme: str, batch_size: int, max_batch_tokens: int | None,
                   scoring_dtype: str = "auto", n_shuffles: int = 0, progress: bool = True, write=None,
-                  desc: str | None = None) -> tuple[int, int]:
+                  desc: str | None = None, question_seeds: bool = False) -> tuple[int, int]:
     """Answer every (question, option order) of ``records`` not yet in ``rows`` and add its row to ``rows``.
 
     The machinery of :func:`evaluate`, shared with ``medrlvr data difficulty``: fixed length-sorted batches
@@ -382,6 +382,8 @@ def score_records(model, tokenizer, bench: str, records: Sequence[MCQ], rows: di
     forward, and, under torchrun, batches ``rank::world`` per rank gathered on every rank at the end.
     ``write(list of (key, row))`` is called on rank 0 after each batch with its new rows, and once more with
     the other ranks' rows after the gather; a tqdm bar (with its ETA) on stderr when ``progress``.
+    With ``question_seeds`` each question's samples come from a seed of its own (the seed, the benchmark, the
+    question id and option order), so they do not depend on the batch the question falls in.
     Returns ``(questions computed, tokens: prompt tokens for loglik, generated tokens otherwise)``."""
     import torch
 
@@ -428,8 +430,11 @@ def score_records(model, tokenizer, bench: str, records: Sequence[MCQ], rows: di
                 from medrlvr.rollout import SamplingParams
 
                 stop = ("</answer>",) if mode == "cot" else ("\n",)
+                qseeds = (tuple(_seed_of(seed, bench, it.base.id, it.variant) for it in chunk)
+                          if question_seeds and temperature > 0 else None)
                 params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
-                                        seed=_seed_of(seed, bench, chunk[0].base.id, chunk[0].variant))
+                                        seed=_seed_of(seed, bench, chunk[0].base.id, chunk[0].variant),
+                                        prompt_seeds=qseeds)
                 groups = engine_state["eng"].generate([it.prompt for it in chunk], n_samples, params)
                 new = [_score_generation(it, comps, mode, prefix, scheme) for it, comps in zip(chunk, groups)]
                 n_tok += sum(len(c.token_ids) for g in groups for c in g)
@@ -519,11 +524,17 @@ class EvalConfig:
             counts the others as ``skipped_invalid``).
 
     How answers are drawn:
-        template, prefill_think: the prompt (``cot`` only; ``direct`` and ``loglik`` use the direct prompt).
+        template, prefill_think: the prompt (``cot``: ``r1-zero`` or ``chat``); ``direct`` and ``loglik`` use the
+            direct prompt, through the chat template when ``template`` is ``direct-chat``.
         n_samples: answers per question (``loglik`` is deterministic: 1).
         temperature: None: 0 (greedy) for one sample, 1.0 for more; ``loglik``: 0.
         max_new_tokens: None: 512 (``cot``), 5 (``direct``).
         seed: the sampling seed (one per batch, from the seed, the benchmark and the batch's first question).
+        question_seeds: sample each question's answers from a seed of its own (from the seed, the benchmark, the
+            question's id and option order), so a question's answers do not depend on which questions share its
+            batch: two models evaluated on the same questions draw each question's answers from the same seed
+            (paired comparisons). False keeps the per-batch seeds (and earlier results); greedy decoding is the
+            same either way.
         scheme: the reward scheme ``cot`` answers are scored with.
 
     How it runs:
@@ -553,6 +564,7 @@ class EvalConfig:
     temperature: float | None = None
     max_new_tokens: int | None = None
     seed: int = 0
+    question_seeds: bool = False
     scheme: str = "paper"
     engine: Any = "hf"
     batch_size: int | None = None
@@ -606,7 +618,9 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
     batch_size = batch_size or DEFAULT_BATCH_SIZE[mode]
     if mode != "cot":
-        template = "direct"
+        template = "direct-chat" if template == "direct-chat" else "direct"
+    elif template not in ("r1-zero", "chat"):
+        raise ValueError(f"cot mode: template must be r1-zero or chat, got {template!r}")
     model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or
                                    type(model).__name__)
     n_skipped: dict[str, int] = dict(skipped_invalid or {})  # records loaded by the caller: their skipped counts
@@ -618,6 +632,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
            "prefill_think": prefill_think if mode == "cot" else None, "n_samples": n_samples,
            "temperature": temperature, "max_new_tokens": max_new_tokens if mode != "loglik" else None,
            "seed": seed, "scheme": scheme if mode == "cot" else None}
+    if c.question_seeds:  # recorded (and compared on resume) only when on: earlier directories stay resumable
+        cfg["question_seeds"] = True
     out_dir = Path(output_dir) if output_dir is not None else None
     from medrlvr.train.distributed import barrier, rank_world
 
@@ -627,7 +643,7 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
         cpath = out_dir / CONFIG_FILE
         if cpath.exists() and resume:
             old = json.loads(cpath.read_text(encoding="utf-8"))
-            diff = {k: (old.get(k), cfg[k]) for k in _RESUME_KEYS if old.get(k) != cfg[k]}
+            diff = {k: (old.get(k), cfg.get(k)) for k in _RESUME_KEYS if old.get(k) != cfg.get(k)}
             if diff:
                 raise ValueError(f"{out_dir} holds an evaluation with other settings {diff} (saved, now); "
                                  "use another output directory or resume=False (--overwrite)")
@@ -669,7 +685,8 @@ def evaluate(model, tokenizer, benchmarks: Mapping[str, Any] | Sequence[str] | s
                                               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                                               scheme=scheme, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                               scoring_dtype=scoring_dtype, n_shuffles=n_shuffles, progress=progress,
-                                              write=sink if fh is not None else None)
+                                              write=sink if fh is not None else None,
+                                              question_seeds=c.question_seeds)
             finally:
                 if fh is not None:
                     fh.close()
@@ -778,7 +795,9 @@ def add_cli(subparsers):
     e.add_argument("--limit", type=positive_int, default=None, help="first N questions of each benchmark")
     e.add_argument("--output", default=None, help="output dir (default runs/eval/<model>-<mode>); resumable")
     e.add_argument("--json", action="store_true", help="print results.json to stdout")
-    e.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat"], help="cot prompt template")
+    e.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct-chat"],
+                   help="prompt template: r1-zero or chat (cot); direct-chat: the direct/loglik prompt through the "
+                        "model's chat template")
     e.add_argument("--no-prefill", action="store_true", help="cot: do not end the prompt with <think>")
     e.add_argument("--engine", default="auto",
                    help="rollout engine for cot/direct: auto (fast on the CPU, hf on CUDA), fast (falls back to hf "
