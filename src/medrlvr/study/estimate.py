@@ -7,6 +7,8 @@ for other models or with a GPU (the costs were not measured there).
 Units: ``prefill`` seconds per prompt token (a no-grad forward under bf16 autocast), ``decode`` seconds per
 generated token of one sequence inside a batch, ``train_token`` seconds per token of a forward + backward
 (SFT), ``rl_sample_token`` seconds per sample per ``max_new_tokens`` of an RL step (rollout, scoring, update).
+A ``cot`` answer is counted at half of ``max_new_tokens`` (SmolLM2's answers stop at ``</answer>`` or its end of
+text well before the limit: 32 tokens on average at a limit of 96 in the measurement).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ COSTS: dict[str, dict[str, float]] = {
     "tiny": {"prefill": 2e-6, "decode": 2e-4, "train_token": 1e-5, "rl_sample_token": 1e-4},
 }
 DIRECT_TOKENS = 5
+COT_LENGTH = 0.5     # a cot answer's expected share of max_new_tokens
+COT_PROMPT = 1.5     # the chat / R1-Zero prompt's length against the direct prompt's
 
 
 def _prompt_tokens(ws: Workspace) -> dict[str, float]:
@@ -52,7 +56,7 @@ def estimate_steps(cfg: StudyConfig, steps: list[Step], ws: Workspace) -> dict[s
             elif s.mode == "direct":
                 t = prefill + sum(n.values()) * e.n_samples * DIRECT_TOKENS * c["decode"]
             else:
-                t = 1.6 * prefill + sum(n.values()) * e.n_samples * e.max_new_tokens * c["decode"]
+                t = COT_PROMPT * prefill + sum(n.values()) * e.n_samples * COT_LENGTH * e.max_new_tokens * c["decode"]
         elif s.kind == "train" and s.arm == "sft":
             sc = cfg.sft_config(s.seed)
             from medrlvr.data import load_any
