@@ -1,7 +1,8 @@
 """The study's time estimate, printed before it starts: a cost per unit of work for each kind of step.
 
-The costs are wall seconds measured on a 2-core AMD EPYC (Zen 4, AVX512-BF16, native bf16) for the embedded
-SmolLM2-135M (evidence and command: docs/results/study-cpu.md); other CPUs scale them. No estimate is printed
+The costs are wall seconds on a quiet 2-core AMD EPYC (Zen 4, AVX512-BF16, native bf16) for the embedded
+SmolLM2-135M (sources next to each number; docs/results/study-cpu.md compares the estimate with a full run);
+other CPUs, and a CPU shared with other jobs, are slower. No estimate is printed
 for other models or with a GPU (the costs were not measured there).
 
 Units: ``prefill`` seconds per prompt token (a no-grad forward under bf16 autocast), ``decode`` seconds per
@@ -21,8 +22,12 @@ from medrlvr.study.config import StudyConfig
 from medrlvr.study.steps import Step, Workspace
 
 COSTS: dict[str, dict[str, float]] = {
-    "smollm2-135m": {"prefill": 1.1e-4, "decode": 4.0e-3, "train_token": 4.0e-4, "rl_sample_token": 1.5e-3},
-    "tiny": {"prefill": 2e-6, "decode": 2e-4, "train_token": 1e-5, "rl_sample_token": 1e-4},
+    # prefill: 270-330 prompt tokens/s of loglik scoring (docs/results/sft-loglik-200) -> 2.5 ms a token;
+    # train_token: an SFT step of 16 MedQA questions (~3,800 tokens) in 16-18 s under bf16 autocast (README);
+    # rl_sample_token: a cpu-demo step (32 samples x 80 tokens) in ~13.5 s (docs/notes/cpu-demo-preset.md), x1.5
+    # for MedQA's longer prompts; decode: one sequence's token inside a batch of 16 (bench/study_costs.py)
+    "smollm2-135m": {"prefill": 2.5e-3, "decode": 6e-3, "train_token": 4.3e-3, "rl_sample_token": 8e-3},
+    "tiny": {"prefill": 2e-5, "decode": 2e-4, "train_token": 5e-5, "rl_sample_token": 2e-4},
 }
 DIRECT_TOKENS = 5
 COT_LENGTH = 0.5     # a cot answer's expected share of max_new_tokens
@@ -66,8 +71,11 @@ def estimate_steps(cfg: StudyConfig, steps: list[Step], ws: Workspace) -> dict[s
             n_dev = min(sc.dev_limit or n_train, max(1, round(sc.dev_fraction * n_train))) if not sc.dev_data \
                 else (sc.dev_limit or 300)
             toks = sum(len(render_direct(r)) for r in recs[:200]) / max(1, min(200, len(recs))) / 4.0
-            steps_ = sc.max_steps or sc.epochs * math.ceil(n_train * (1 - sc.dev_fraction) / sc.batch_size)
-            evals = (sc.epochs if sc.eval_every_epoch else 1) * len(sc.lrs) + 1
+            spe = math.ceil(n_train * (1 - sc.dev_fraction) / sc.batch_size)
+            steps_ = sc.max_steps or sc.epochs * spe
+            per_lr = (steps_ // spe if sc.eval_every_epoch else 0) + (0 if sc.eval_every_epoch and steps_ % spe == 0
+                                                                      else 1)
+            evals = len(sc.lrs) * per_lr + 1
             t = len(sc.lrs) * steps_ * sc.batch_size * toks * c["train_token"] + evals * n_dev * toks * c["prefill"]
         elif s.kind == "train":
             tc = cfg.train_config(s.arm, s.seed)

@@ -349,13 +349,14 @@ def pending(cfg: StudyConfig, out: Path) -> list[Step]:
 def format_plan(cfg: StudyConfig, out: Path) -> str:
     """The plan as text: one block per step with its state, command and the steps it waits for."""
     lines = []
-    for i, s in enumerate(plan(cfg, out), 1):
+    steps = plan(cfg, out)
+    for i, s in enumerate(steps, 1):
         state = "done" if is_done(out, s.id) else "todo"
         lines.append(f"{i:2d}. {s.id}  [{state}]" + (f"  needs: {', '.join(s.needs)}" if s.needs else ""))
         lines.append(f"    {s.command}")
         if s.runs and not s.runs.startswith("verl"):
             lines.append(f"    (runs {s.runs})")
-    lines.append(f"{len(lines) and len(plan(cfg, out)) + 1:2d}. collect  needs: every eval step (partial tables "
+    lines.append(f"{len(steps) + 1:2d}. collect  needs: every eval step (partial tables "
                  "from whatever has finished)")
     lines.append(f"    medrlvr study collect {_q(out)}")
     return "\n".join(lines)
