@@ -120,6 +120,24 @@ def test_tiny_study_writes_every_output_and_cell(study):
     assert (out / "arms" / "rlvr-s0" / "report" / "report.html").is_file()
 
 
+def test_several_seeds_show_mean_and_range(study):
+    from medrlvr.study.markdown import table_rows
+
+    _d, _out, data = study
+    two = json.loads(json.dumps(data))
+    two["seeds"] = [0, 1]
+    extra = []
+    for c in two["cells"]:
+        if c["arm"] == "sft":
+            c2 = dict(c, seed=1, instance="sft-s1", accuracy=c["accuracy"] + 0.5)
+            extra.append(c2)
+    two["cells"] += extra
+    head, rows = table_rows(two)
+    row = next(r for r in rows if r[:2] == ["sft", "loglik"])
+    a = next(c["accuracy"] for c in data["cells"] if (c["arm"], c["mode"]) == ("sft", "loglik"))
+    assert row[3] == f"{100 * (a + 0.25):.1f} ({100 * a:.1f}–{100 * (a + 0.5):.1f}, 2 seeds)"
+
+
 def test_rerun_skips_finished_steps(study, capsys):
     d, out, data = study
     before = {p: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
@@ -235,6 +253,22 @@ def test_benchmark_that_does_not_load_is_named(tmp_path, capsys):
     p = _write(tmp_path, _config(tmp_path, ood_benchmarks=[str(tmp_path / "missing.jsonl")]))
     err = _fails(capsys, ["study", "--config", str(p), "--output", str(tmp_path / "out")])
     assert "ood_benchmarks" in err and "missing.jsonl" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mode_the_model_cannot_run_is_refused_before_anything_runs(tmp_path, capsys):
+    from medrlvr.models import load_policy
+
+    model, tok = load_policy("tiny", "fp32", seed=0)
+    mdir = tmp_path / "plain-model"
+    model.save_pretrained(mdir, safe_serialization=True)
+    tok.chat_template = None                      # a base model's tokenizer: no chat template
+    tok.save_pretrained(mdir)
+    capsys.readouterr()                           # the save's progress bar
+    cfg = _config(tmp_path, model=str(mdir), base={"modes": ["loglik"], "direct_template": "direct-chat"})
+    p = _write(tmp_path, cfg)
+    err = _fails(capsys, ["study", "--config", str(p), "--output", str(tmp_path / "out")])
+    assert "'base.direct_template'" in err and "chat template" in err
     assert not (tmp_path / "out").exists()
 
 
