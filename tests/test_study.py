@@ -148,6 +148,23 @@ def test_rerun_skips_finished_steps(study, capsys):
     assert "[study] eval/" not in capsys.readouterr().out.replace("estimate", "")
 
 
+def test_resume_from_the_saved_config_and_collect_from_the_command_line(study, tmp_path, capsys):
+    _d, out, data = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "study.json").unlink()
+    assert main(["study", "--output", str(copy), "--resume", "--quiet"]) == 0
+    assert json.loads((copy / "study.json").read_text()) == data
+    (copy / "steps" / "eval__rlvr-s0__cot.done").unlink()      # as if that evaluation had not finished
+    assert main(["study", "collect", str(copy), "--quiet"]) == 0
+    partial = json.loads((copy / "study.json").read_text())
+    assert partial["missing"] == ["eval/rlvr-s0/cot"]
+    assert not any(c["arm"] == "rlvr" for c in partial["cells"])
+    assert "eval/rlvr-s0/cot" in (copy / "study.md").read_text()
+    err = _fails(capsys, ["study", "--output", str(tmp_path / "none"), "--resume"])
+    assert "holds no study" in err
+
+
 def test_kill_inside_sft_and_rl_then_resume_gives_the_same_study_json(study, tmp_path):
     d, _out, data = study
     out = tmp_path / "killed"
