@@ -111,7 +111,7 @@ def test_tiny_study_writes_every_output_and_cell(study):
     assert pairs == {("rlvr:cot", "sft:loglik"), ("rlvr:cot", "base:loglik"), ("sft:loglik", "base:loglik")}
     md = (out / "study.md").read_text()
     assert "| arm | mode | prompt |" in md and "OOD average" in md and "random guess" in md
-    assert "McNemar" in md and "## Prompts" in md
+    assert "McNemar" in md and "## Prompts" in md and "## Answer format" in md
     # the tiny random model is at chance: the table says so, computed from the intervals
     if not any(c["above_random"] for c in data["cells"]):
         assert "No arm is above the random baseline" in md

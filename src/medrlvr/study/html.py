@@ -11,7 +11,7 @@ from typing import Any
 
 from medrlvr import fileio
 from medrlvr.study.config import StudyConfig
-from medrlvr.study.markdown import pair_rows, table_rows, verdict_lines
+from medrlvr.study.markdown import format_rows, pair_rows, table_rows, verdict_lines
 from medrlvr.study.steps import arm_dir, instance_name
 
 _E = html.escape
@@ -69,7 +69,8 @@ def study_html(data: dict[str, Any], cfg: StudyConfig, out: Path, figs: dict[str
              "<h2>Accuracy</h2>", _table(*table_rows(data), "results"),
              "<ul>" + "".join(f"<li>{_E(v)}</li>" for v in verdict_lines(data)) + "</ul>",
              _img(figs.get("accuracy"), "accuracy per arm with intervals and the random baseline", "fig-accuracy"),
-             "<h2>Paired tests</h2>",
+             "<details><summary>Answer format per arm and benchmark</summary>", _table(*format_rows(data), "format"),
+             "</details>", "<h2>Paired tests</h2>",
              _table(*pair_rows(data), "pairs") if data["pairs"] else "<p>(no pair with both arms evaluated)</p>",
              "<h2>Training dynamics</h2>",
              _img(figs.get("dynamics"), "RL arms: accuracy, reward, format and length against step", "fig-dynamics"),

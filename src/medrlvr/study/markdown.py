@@ -55,6 +55,15 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def format_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per arm x mode x benchmark: the share of answers that were well-formed (``cot``) and that named an option
+    letter; a ``cot`` accuracy of 0 with a format-valid rate of 0 is a format failure, not a wrong answer."""
+    head = ["arm", "mode", "benchmark", "format-valid %", "answered %"]
+    rows = [[c["arm"] + ("" if len(data["seeds"]) == 1 or c["seed"] is None else f" (seed {c['seed']})"), c["mode"],
+             c["benchmark"], _pct(c.get("format_valid")), _pct(c.get("answered"))] for c in data["cells"]]
+    return head, rows
+
+
 def pair_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["A vs B", "seed", "benchmark", "n", "A − B [95% CI]", "McNemar p", "A only / B only right",
             "needed for p < 0.05"]
@@ -78,8 +87,8 @@ def verdict_lines(data: dict[str, Any]) -> list[str]:
     out = []
     cells = data["cells"]
     if cells and not any(c.get("above_random") for c in cells):
-        out.append("No arm is above the random baseline on any benchmark (every 95% interval reaches down to "
-                   "chance): this model shows no knowledge of the domain at this size, and the arms' differences "
+        out.append("No arm is above the random baseline on any benchmark (no 95% interval lies above chance): "
+                   "this model shows no knowledge of the domain at this size, and the arms' differences "
                    "are differences in answer format and letter preference, not in medicine.")
     elif cells:
         above = sorted({f"{c['arm']} ({c['mode']}) on {c['benchmark']}" for c in cells if c.get("above_random")})
@@ -107,6 +116,10 @@ def study_markdown(data: dict[str, Any], cfg: StudyConfig) -> str:
              + (f"; {len(data['seeds'])} training seeds: mean (range)" if len(data["seeds"]) > 1 else "") + ".", ""]
     lines += _md_table(*table_rows(data))
     lines += ["", *verdict_lines(data), ""]
+    lines += ["## Answer format", "", "Share of answers well-formed (`cot`: the think/answer tags) and naming an option "
+              "letter; `cot` accuracy counts only well-formed answers, as the paper does.", ""]
+    lines += _md_table(*format_rows(data))
+    lines.append("")
     if data["pairs"]:
         lines += ["## Paired tests", "",
                   "A − B on the same questions: the paired bootstrap 95% interval of the difference and McNemar's "
