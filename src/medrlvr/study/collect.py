@@ -170,7 +170,8 @@ def collect(out: str | Path, cfg: StudyConfig | None = None, ws: Workspace | Non
     fileio.atomic_write_text(out / "timing.json", json.dumps(_timing(out, plan(cfg, out)), indent=2) + "\n",
                              label="study.timing")
     fileio.atomic_write_text(out / "study.md", study_markdown(data, cfg), label="study.md")
-    figs = {"accuracy": plot_accuracy(data, out / "accuracy.png"), "dynamics": plot_dynamics(cfg, out, out / "dynamics.png")}
+    figs = {"accuracy": plot_accuracy(data, out / "accuracy.png"),
+            "dynamics": plot_dynamics(cfg, out, out / "dynamics.png")}
     study_html(data, cfg, out, figs)
     if not quiet:
         print(f"[study] {out / 'study.md'}, {out / 'study.html'}" + (f"; {len(data['missing'])} step(s) not done: "

@@ -19,7 +19,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
 main{max-width:1200px;margin:auto;padding:16px 24px 64px}h1{font-size:1.5em}
 h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}.meta{color:#555;font-size:.9em}
-table{border-collapse:collapse;font-size:.88em;background:#fff}th,td{border:1px solid #ddd;padding:4px 7px;text-align:left}
+table{border-collapse:collapse;font-size:.88em;background:#fff}
+th,td{border:1px solid #ddd;padding:4px 7px;text-align:left}
 th{background:#f0f0f0}.chart{max-width:100%;height:auto;background:#fff;border:1px solid #e3e3e3;margin:6px 0}
 .ok{color:#2a7d4f}.alert{color:#b00020}.missing{color:#8a5300}
 """

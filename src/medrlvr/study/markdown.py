@@ -116,8 +116,8 @@ def study_markdown(data: dict[str, Any], cfg: StudyConfig) -> str:
              + (f"; {len(data['seeds'])} training seeds: mean (range)" if len(data["seeds"]) > 1 else "") + ".", ""]
     lines += _md_table(*table_rows(data))
     lines += ["", *verdict_lines(data), ""]
-    lines += ["## Answer format", "", "Share of answers well-formed (`cot`: the think/answer tags) and naming an option "
-              "letter; `cot` accuracy counts only well-formed answers, as the paper does.", ""]
+    lines += ["## Answer format", "", "Share of answers well-formed (`cot`: the think/answer tags) and naming an "
+              "option letter; `cot` accuracy counts only well-formed answers, as the paper does.", ""]
     lines += _md_table(*format_rows(data))
     lines.append("")
     if data["pairs"]:

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from medrlvr import fileio, rundir
-from medrlvr.study.config import BaseArm, RLArm, SFTArm, StudyConfig, StudyConfigError, build_study
+from medrlvr.study.config import RLArm, StudyConfig, StudyConfigError, build_study
 
 STUDY_FILE = "study.yaml"
 STEPS_DIR = "steps"
