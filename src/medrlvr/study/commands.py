@@ -39,7 +39,7 @@ def cmd_study(a) -> int:
     verb = words[0] if words and words[0] in ("plan", "collect", "step") else None
     if verb:
         if len(words) < 2:
-            raise StudyConfigError(f"study {verb}: give the study directory\n{USAGE}")
+            raise StudyConfigError(f"study {verb}: give the study directory (medrlvr study --help)")
         out = Path(words[1])
         if verb == "plan":
             cfg = _config(a, words[2:]) if a.config else load_saved(out)
@@ -52,7 +52,7 @@ def cmd_study(a) -> int:
             collect(out, cfg, quiet=a.quiet)
             return 0
         if len(words) != 3:
-            raise StudyConfigError(f"study step: give the study directory and one step id\n{USAGE}")
+            raise StudyConfigError("study step: give the study directory and one step id (medrlvr study --help)")
         steps = {s.id: s for s in plan(cfg, out)}
         if words[2] not in steps:
             raise StudyConfigError(f"study step: no step {words[2]!r} in {out}; the steps: {', '.join(steps)}")
@@ -70,7 +70,7 @@ def cmd_study(a) -> int:
         print(f"[study] {s.id} done in {dt:.0f} s")
         return 0
     if not a.output:
-        raise StudyConfigError(f"--output DIR is required\n{USAGE}")
+        raise StudyConfigError("--output DIR is required (medrlvr study --help)")
     if a.resume and not a.config and not (Path(a.output) / "study.yaml").is_file():
         raise FileNotFoundError(f"--resume: {a.output} holds no study (study.yaml is missing)")
     cfg = _config(a, words)
@@ -84,7 +84,9 @@ def add_cli(subparsers):
     """Register ``study`` on an argparse ``subparsers`` object; returns the sub-parser."""
     s = subparsers.add_parser("study", help="the paper's study: base vs SFT vs RLVR, ID and OOD, paired tests "
                                             "(resumable; plan / collect / step)",
-                              usage=USAGE, description=__doc__)
+                              usage=USAGE, description="The paper's study as one resumable command: base vs SFT "
+                              "vs RLVR on the same questions, in and out of distribution, with paired tests "
+                              "(docs/guides/study.md).")
     s.add_argument("--config", default=None, help="study preset (study-cpu, paper-3b) or a study YAML file")
     s.add_argument("--output", default=None, help="the study directory")
     s.add_argument("--resume", action="store_true",
