@@ -31,6 +31,7 @@ import yaml
 from medrlvr.cli import build_parser
 from medrlvr.data.loaders import COLUMN_KEYS
 from medrlvr.monitor import MonitorConfig
+from medrlvr.study.config import StudyConfig
 from medrlvr.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def medrlvr_args(line: str) -> list[str] | None:
     while toks and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", toks[0]):  # VAR=value prefixes
         toks = toks[1:]
     for i, t in enumerate(toks):
-        if t in ("&&", "||", ";", "|"):
+        if t in ("&&", "||", ";", "|", ">", ">>", "2>", "&"):  # the command ends at a shell operator
             toks = toks[:i]
             break
     args = None
@@ -184,7 +185,7 @@ def test_the_synopsis_rule_does_not_hide_real_commands():
 
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {
-    f"monitor.{f.name}" for f in dataclasses.fields(MonitorConfig)}
+    f"monitor.{f.name}" for f in dataclasses.fields(MonitorConfig)} | {f.name for f in dataclasses.fields(StudyConfig)}
 COLUMN_MAP_KEYS = set(COLUMN_KEYS)
 ASSIGNMENTS = re.compile(r"^[a-z_][a-z0-9_.]*=[^\s=]+(?:\s+[a-z_][a-z0-9_.]*=[^\s=]+)*$")
 

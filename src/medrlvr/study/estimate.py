@@ -24,7 +24,7 @@ from medrlvr.study.steps import Step, Workspace
 COSTS: dict[str, dict[str, float]] = {
     # prefill: 270-330 prompt tokens/s of loglik scoring (docs/results/sft-loglik-200) -> 2.5 ms a token;
     # train_token: an SFT step of 16 MedQA questions (~3,800 tokens) in 16-18 s under bf16 autocast (README);
-    # rl_sample_token: a cpu-demo step (32 samples x 80 tokens) in ~13.5 s (docs/notes/cpu-demo-preset.md), x1.5
+    # rl_sample_token: a cpu-demo step (32 samples x 80 tokens) in ~13.5 s (docs/decisions/cpu-demo-preset.md), x1.5
     # for MedQA's longer prompts; decode: one sequence's token inside a batch of 16 (bench/study_costs.py)
     "smollm2-135m": {"prefill": 2.5e-3, "decode": 6e-3, "train_token": 4.3e-3, "rl_sample_token": 8e-3},
     "tiny": {"prefill": 2e-5, "decode": 2e-4, "train_token": 5e-5, "rl_sample_token": 2e-4},
