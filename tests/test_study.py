@@ -108,7 +108,8 @@ def test_tiny_study_writes_every_output_and_cell(study):
     assert len(ids) == 1
     assert data["missing"] == []
     pairs = {(p["a"], p["b"]) for p in data["pairs"]}
-    assert pairs == {("rlvr:cot", "sft:loglik"), ("rlvr:cot", "base:loglik"), ("sft:loglik", "base:loglik")}
+    # a pair without modes compares like with like where both arms have the mode (rlvr:cot with base:cot)
+    assert pairs == {("rlvr:cot", "sft:loglik"), ("rlvr:cot", "base:cot"), ("sft:loglik", "base:loglik")}
     md = (out / "study.md").read_text()
     assert "| arm | mode | prompt |" in md and "OOD average" in md and "random guess" in md
     assert "McNemar" in md and "## Prompts" in md and "## Answer format" in md

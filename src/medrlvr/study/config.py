@@ -159,8 +159,8 @@ class StudyConfig:
         id_benchmarks: in-distribution benchmarks (names or files).
         ood_benchmarks: out-of-distribution benchmarks (names or files); pooled for the OOD test.
         seeds: training seeds: each SFT and RL arm is trained once per seed (the base model once).
-        pairs: the comparisons tested, ``"A vs B"`` with ``A``/``B`` an arm or ``ARM:MODE`` (default: the arm's
-            first mode); pairs naming an absent arm are left out.
+        pairs: the comparisons tested, ``"A vs B"`` with ``A``/``B`` an arm or ``ARM:MODE`` (without a mode: the
+            mode both arms were evaluated in, else the arm's first mode); pairs naming an absent arm are left out.
         eval: :class:`EvalSettings`.
         base, sft, rlvr: the three arms of the paper (``null`` leaves one out).
         extra_arms: more RL arms by name (``grpo``, ``rlvr-shuffled``, ...).
@@ -215,7 +215,7 @@ class StudyConfig:
         arms = self.arms()
         out = []
         for p in self.pairs:
-            a, b = (_cell_name(x.strip(), arms) for x in p.split(" vs "))
+            a, b = _pair_cells(*(x.strip() for x in p.split(" vs ")), arms)
             if a and b:
                 out.append((a, b))
         return out
@@ -232,11 +232,20 @@ class StudyConfig:
         return plain(self)
 
 
-def _cell_name(spec: str, arms: dict[str, Any]) -> str | None:
-    arm, _, mode = spec.partition(":")
-    if arm not in arms:
-        return None
-    return f"{arm}:{mode or arms[arm].modes[0]}"
+def _pair_cells(spec_a: str, spec_b: str, arms: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``ARM[:MODE]`` x 2 -> cell names. A side without a mode takes the other side's mode when its arm was
+    evaluated in it (so ``sft vs base`` compares like with like), else the first mode both arms share, else its
+    arm's first mode. An absent arm gives None."""
+    (arm_a, _, mode_a), (arm_b, _, mode_b) = spec_a.partition(":"), spec_b.partition(":")
+    if arm_a not in arms or arm_b not in arms:
+        return None, None
+    modes_a, modes_b = list(arms[arm_a].modes), list(arms[arm_b].modes)
+    if not mode_a and not mode_b:
+        shared = [m for m in modes_a if m in modes_b]
+        mode_a = mode_b = shared[0] if shared else None
+    mode_a = mode_a or (mode_b if mode_b in modes_a else modes_a[0])
+    mode_b = mode_b or (mode_a if mode_a in modes_b else modes_b[0])
+    return f"{arm_a}:{mode_a}", f"{arm_b}:{mode_b}"
 
 
 # ---------------------------------------------------------------------------------------------- building
