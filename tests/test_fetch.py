@@ -17,7 +17,7 @@ import pytest
 
 from medrlvr import cli
 from medrlvr.data import load_benchmark
-from medrlvr.data.fetch import MMLU_SUBJECT_COUNTS, SOURCES, FetchError, fetch
+from medrlvr.data.fetch import MMLU_SUBJECT_COUNTS, SOURCES
 
 
 def _jsonl(p: Path) -> list[dict]:

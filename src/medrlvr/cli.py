@@ -17,23 +17,25 @@ def _data_root_arg(p):
 
 # ----------------------------------------------------------------------------------------- train
 def cmd_train(a) -> int:
-    from medrlvr.train.config import build_config, save_config
+    from medrlvr.train.config import build_config
     from medrlvr.train.trainer import TrainingInterrupted, train
 
     overrides = a.overrides + ([f"max_steps={a.max_steps}"] if a.max_steps else [])
     if a.resume and a.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    from medrlvr import rundir
+
+    if a.config is None and not (a.resume and a.output):
+        raise ValueError("--config is required (a preset: tiny, cpu-demo, paper-3b, or a YAML file); "
+                         "only --resume --output DIR reads the run's own config.yaml")
+    out = Path(a.output) if a.output else Path("runs") / Path(a.config).stem   # the default run directory
+    saved = out / rundir.CONFIG
     if a.config is None:
-        if not (a.resume and a.output):
-            raise ValueError("--config is required (a preset: tiny, cpu-demo, paper-3b, or a YAML file); "
-                             "only --resume --output DIR reads the run's own config.yaml")
-        saved = Path(a.output) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume: {saved} does not exist: {a.output} is not a run directory")
         cfg = build_config(str(saved), overrides)
     else:
         cfg = build_config(a.config, overrides)
-        saved = Path(a.output or f"runs/{Path(a.config).stem}") / "config.yaml"
         if a.resume and not any(o.split("=", 1)[0].strip() == "max_steps" for o in overrides) and saved.is_file():
             import yaml   # the run's own length: only --max-steps (or max_steps=) changes it on resume
 
@@ -42,7 +44,6 @@ def cmd_train(a) -> int:
                 cfg.max_steps = old
     if a.data_root:
         cfg.data_root = a.data_root
-    out = Path(a.output or f"runs/{Path(a.config).stem}")
     if a.print_config:
         import yaml
 
@@ -69,18 +70,16 @@ def cmd_train(a) -> int:
     except KeyboardInterrupt:   # before the loop, or a second Ctrl-C that abandoned a step
         from medrlvr.train.resume import complete_checkpoints
 
-        if complete_checkpoints(out / "checkpoints"):
+        if complete_checkpoints(out / rundir.CHECKPOINTS):
             print(f"medrlvr: interrupted; the step in progress was abandoned, the last checkpoint is intact; "
                   f"continue with: medrlvr train --resume --output {out}", file=sys.stderr, flush=True)
         else:
-            print(f"medrlvr: interrupted before the first checkpoint; nothing saved; start again"
+            print("medrlvr: interrupted before the first checkpoint; nothing saved; start again"
                   + ("" if a.resume else f" with: {again}"), file=sys.stderr, flush=True)
         return 130
     if t.is_main:
         from medrlvr.monitor import EXPECTED_ALERTS
-        from medrlvr.rundir import read_alerts
-
-        raised = {r.get("monitor") for r in read_alerts(out)}
+        raised = {r.get("monitor") for r in rundir.read_alerts(out)}
         note = "".join(f"; {k} alert {v}" for k, v in EXPECTED_ALERTS.get(cfg.model, {}).items() if k in raised)
         print(f"run directory: {out} ({t.step} steps, {t.skipped_steps} skipped){note}")
     return 0

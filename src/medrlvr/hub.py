@@ -63,7 +63,7 @@ def ensure_reachable(timeout: float = TIMEOUT_S) -> bool:
 
 def looks_local(name: str) -> bool:
     """A local path, never a Hub id: it exists, starts with ``/``, ``.`` or ``~``, has a backslash or more than one
-    ``/`` (a Hub id is ``org/name``), or its first part is an existing directory (``runs/x`` where ``runs/``
+    ``/`` (a Hub id is ``org/name``), or its first part is an existing directory (``out/x`` where ``out/``
     exists)."""
     if Path(name).expanduser().exists() or name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
         return True

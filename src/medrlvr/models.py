@@ -101,7 +101,7 @@ def resolve_model_path(name: str) -> str:
 def check_model_source(name: str) -> None:
     """Refuse, in one line and without reaching the Hub, a model that is a local path but not a model
     directory (:func:`medrlvr.hub.looks_local`: it exists, starts with ``/``, ``.`` or ``~``, has more than one
-    ``/``, or its first part is an existing directory, as ``runs/x``). A Hub id is checked for network once
+    ``/``, or its first part is an existing directory, as ``out/x``). A Hub id is checked for network once
     (:func:`medrlvr.hub.ensure_reachable`, a few seconds): without it the libraries go offline, so a cached
     model still loads and an uncached one fails at once (see :func:`_hub_error`)."""
     if name in (EMBEDDED_ALIAS, TINY_ALIAS):

@@ -251,6 +251,16 @@ def cmd_data_filter(a) -> int:
     return 0
 
 
+def _loading_args(p, skip_invalid_help: str | None = None) -> None:
+    """The options every command that loads a source takes: ``--data-root``, ``--columns``,
+    ``--drop-filler-options`` and, with its help text, ``--skip-invalid``."""
+    _data_root_arg(p)
+    p.add_argument("--columns", default=None, help=COLUMNS_HELP)
+    p.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
+    if skip_invalid_help:
+        p.add_argument("--skip-invalid", action="store_true", help=skip_invalid_help)
+
+
 def add_cli(sub) -> None:
     """Register ``data`` and its subcommands on an argparse ``subparsers`` object."""
     d = sub.add_parser("data", help="inspect, validate, render, export and compare question sets")
@@ -272,11 +282,8 @@ def add_cli(sub) -> None:
         x = dsub.add_parser(name, help=hlp)
         x.add_argument("source", help="benchmark name[:split], a file (.jsonl/.json/.csv/.parquet; FILE.json:KEY "
                                       "for a set inside a nested JSON) or hub:ID")
-        _data_root_arg(x)
-        x.add_argument("--columns", default=None, help=COLUMNS_HELP)
-        x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
+        _loading_args(x, None if name == "validate" else "load the valid records, report the others")
         if name != "validate":
-            x.add_argument("--skip-invalid", action="store_true", help="load the valid records, report the others")
             x.add_argument("--template", default="r1-zero", choices=["r1-zero", "chat", "direct"],
                            help="prompt template (medrlvr.prompts)")
             x.add_argument("--no-prefill", action="store_true", help="do not end the prompt with <think>")
@@ -303,10 +310,7 @@ def add_cli(sub) -> None:
     c.set_defaults(func=cmd_data_contamination)
     x = dsub.add_parser("difficulty", help="each question's pass rate over K samples of a model (JSONL, resumable)")
     x.add_argument("source", help="benchmark name[:split] or a file")
-    _data_root_arg(x)
-    x.add_argument("--columns", default=None, help=COLUMNS_HELP)
-    x.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
-    x.add_argument("--skip-invalid", action="store_true", help="measure the valid records, report the others")
+    _loading_args(x, "measure the valid records, report the others")
     x.add_argument("--model", required=True, help="smollm2-135m, tiny, a Hugging Face dir (or a run dir with final/)")
     x.add_argument("--k", type=positive_int, required=True, help="samples per question (loglik: 1)")
     x.add_argument("--mode", default="cot", choices=["cot", "loglik"],
@@ -328,10 +332,7 @@ def add_cli(sub) -> None:
     x.set_defaults(func=cmd_data_difficulty)
     f = dsub.add_parser("filter", help="keep the questions whose pass rate (a difficulty file) is in a band")
     f.add_argument("source", help="benchmark name[:split] or a file (the one the difficulty file was made for)")
-    _data_root_arg(f)
-    f.add_argument("--columns", default=None, help=COLUMNS_HELP)
-    f.add_argument("--drop-filler-options", action="store_true", help=DROP_FILLER_HELP)
-    f.add_argument("--skip-invalid", action="store_true", help="filter the valid records, report the others")
+    _loading_args(f, "filter the valid records, report the others")
     f.add_argument("--difficulty", required=True, help="a file of `medrlvr data difficulty`")
     f.add_argument("--keep", required=True, help="LOW:HIGH pass rates kept, both included (0.1:0.9, 1/8:7/8)")
     f.add_argument("--out", default=None, help="write the kept questions as JSONL (loads with no column map)")

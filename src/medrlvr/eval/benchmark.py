@@ -254,7 +254,7 @@ def _row(it: _Item, samples: list[dict]) -> dict:
 
 
 def _score_generation(it: _Item, comps, mode: str, prefix: str, scheme: str) -> dict:
-    from medrlvr.reward import extract_letter, join_prefill, score
+    from medrlvr.reward import extract_letter, score
 
     samples = []
     for c in comps:

@@ -222,6 +222,13 @@ def comparison_plot(runs: list[tuple[str, dict]], path: str | os.PathLike, title
     ax.legend(fontsize=8, loc="upper right", framealpha=0.8)
     ax.set_title(title or "Accuracy with 95% CI", pad=18)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parents created) and close it."""
+    import matplotlib.pyplot as plt
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=120)
@@ -269,11 +276,7 @@ def curves_plot(runs: list[tuple[str, dict]], path: str | os.PathLike, title: st
         ax.axis("off")
     fig.suptitle(title or "pass@k and maj@k against random guessing")
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def compare(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, labels: Sequence[str] | None = None,

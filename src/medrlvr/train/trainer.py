@@ -781,7 +781,7 @@ class TrainingInterrupted(Exception):
 
     def line(self, again: str | None = None) -> str:
         if self.step == 0:
-            return (f"interrupted before the first step finished; nothing saved; start again without --resume"
+            return ("interrupted before the first step finished; nothing saved; start again without --resume"
                     + (f": {again}" if again else ""))
         return (f"interrupted at step {self.step} of {self.max_steps}; checkpoint written; continue with: "
                 f"medrlvr train --resume --output {self.out}")
